@@ -35,3 +35,48 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"real data folder {DATA_DIR} is absent (set UNIMP_DATA_DIR)")
     return DATA_DIR
+
+
+IMAGE_TOKEN_ID = 3  # the tiny vocabulary's `<image>` id in model-only tests (the processor assigns real ids)
+
+
+def make_tiny_config(**overrides):
+    """STYLE.md §7 tiny model: CLIP 32-px/patch 8, hidden 32; Llama hidden 32, 2 layers; xattn every layer."""
+    from modeling_unimp import UniMPConfig
+
+    fields = {
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "vocab_size": 128,
+            "max_position_embeddings": 256,
+        },
+        "perceiver_depth": 1,
+        "perceiver_num_latents": 4,
+        "perceiver_num_heads": 2,
+        "perceiver_head_dim": 8,
+        "cross_attn_every_n_layers": 1,
+        "cross_attn_num_heads": 2,
+        "cross_attn_head_dim": 8,
+        "image_token_id": IMAGE_TOKEN_ID,
+    }
+    fields.update(overrides)
+    return UniMPConfig(**fields)
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config()

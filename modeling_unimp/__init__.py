@@ -1,0 +1,32 @@
+"""unimp: UniMP as a Hugging Face model. Importing this package registers it with the Auto classes."""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+)
+
+from .configuration_unimp import UniMPConfig
+from .modeling_unimp import (
+    UniMPForConditionalGeneration,
+    UniMPGatedCrossAttentionBlock,
+    UniMPModel,
+    UniMPPerceiverResampler,
+    UniMPPreTrainedModel,
+)
+
+AutoConfig.register("unimp", UniMPConfig, exist_ok=True)
+# AutoModel maps to the generating class: users expect AutoModel.from_pretrained(...).generate() to work.
+AutoModel.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "UniMPConfig",
+    "UniMPModel",
+    "UniMPPreTrainedModel",
+    "UniMPForConditionalGeneration",
+    "UniMPGatedCrossAttentionBlock",
+    "UniMPPerceiverResampler",
+]

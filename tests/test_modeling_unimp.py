@@ -1,0 +1,238 @@
+"""Model invariants of STYLE.md §7 and issue 2, on a tiny model built in code."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import IMAGE_TOKEN_ID, REPO_ROOT, make_tiny_config
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, LlamaForCausalLM
+
+from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPGatedCrossAttentionBlock
+from modeling_unimp.modeling_unimp import build_image_attention_mask
+
+I = IMAGE_TOKEN_ID
+# "prefix <image> a b <image> c d e": the first two tokens come before any image.
+INPUT_IDS = torch.tensor([[10, 11, I, 20, 21, I, 30, 31, 32]])
+FIRST_IMAGE, SECOND_IMAGE = 2, 5
+
+
+def _model(gate: float = 0.0, **overrides) -> UniMPForConditionalGeneration:
+    model = UniMPForConditionalGeneration(make_tiny_config(**overrides)).eval()
+    for block in model.model.gated_cross_attn:
+        block.attn_gate.data.fill_(gate)
+        block.ff_gate.data.fill_(gate)
+    return model
+
+
+def _pixels(num_images: int = 2, batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, num_images, 3, 32, 32)
+
+
+def test_zero_gates_give_exactly_the_bare_lm_logits():
+    model = _model(gate=0.0)
+    bare = LlamaForCausalLM(model.config.text_config).eval()
+    bare.model.load_state_dict(model.model.language_model.state_dict())
+    bare.lm_head.load_state_dict(model.lm_head.state_dict())
+    with torch.no_grad():
+        ours = model(input_ids=INPUT_IDS, pixel_values=_pixels()).logits
+        reference = bare(input_ids=INPUT_IDS).logits
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+
+def test_text_before_first_image_ignores_pixel_values():
+    model = _model(gate=1.0)
+    with torch.no_grad():
+        first = model(input_ids=INPUT_IDS, pixel_values=_pixels()).logits
+        second = model(input_ids=INPUT_IDS, pixel_values=_pixels()).logits
+    torch.testing.assert_close(first[:, :FIRST_IMAGE], second[:, :FIRST_IMAGE], rtol=0, atol=0)
+    assert not torch.allclose(first[:, FIRST_IMAGE:], second[:, FIRST_IMAGE:])
+
+
+def test_changing_image_two_leaves_every_token_before_the_second_image_unchanged():
+    model = _model(gate=1.0)
+    pixels = _pixels()
+    changed = pixels.clone()
+    changed[:, 1] = torch.randn_like(changed[:, 1])
+    with torch.no_grad():
+        before = model(input_ids=INPUT_IDS, pixel_values=pixels).logits
+        after = model(input_ids=INPUT_IDS, pixel_values=changed).logits
+    torch.testing.assert_close(before[:, :SECOND_IMAGE], after[:, :SECOND_IMAGE], rtol=0, atol=0)
+    assert not torch.allclose(before[:, SECOND_IMAGE:], after[:, SECOND_IMAGE:])
+
+
+def test_gated_block_output_for_a_token_moves_only_with_its_own_image():
+    config = make_tiny_config(gate_init=1.0)
+    block = UniMPGatedCrossAttentionBlock(config).eval()
+    num_latents = config.perceiver_num_latents
+    hidden = torch.randn(1, INPUT_IDS.shape[1], config.text_config.hidden_size)
+    images = torch.randn(1, 2 * num_latents, config.vision_config.hidden_size)
+    mask = build_image_attention_mask(INPUT_IDS, I, 2).repeat_interleave(num_latents, dim=-1)
+    changed = images.clone()
+    changed[:, num_latents:] = torch.randn(1, num_latents, config.vision_config.hidden_size)  # image 2 only
+    with torch.no_grad():
+        before, after = block(hidden, images, mask), block(hidden, changed, mask)
+    moved = (before - after).abs().amax(dim=-1)[0]  # (T,)
+    assert moved[:SECOND_IMAGE].eq(0).all()  # prefix and image-1 tokens: untouched
+    assert moved[SECOND_IMAGE:].gt(0).all()  # image-2 tokens: all moved
+
+
+def test_image_less_item_in_the_middle_of_a_history_gets_no_cross_attention():
+    # Three items; the middle one has no image: its column in the mask is all False (what the processor emits).
+    input_ids = torch.tensor([[10, I, 20, 21, I, 22, 23, I, 24, 25]])
+    mask = build_image_attention_mask(input_ids, I, 3)
+    mask[..., 1] = False
+    model = _model(gate=1.0)
+    pixels = _pixels(3)
+    other = pixels.clone()
+    other[:, 1] = torch.randn_like(other[:, 1])  # whatever sits in the empty slot must not matter
+    with torch.no_grad():
+        first = model(input_ids=input_ids, pixel_values=pixels, image_attention_mask=mask).logits
+        second = model(input_ids=input_ids, pixel_values=other, image_attention_mask=mask).logits
+    assert torch.isfinite(first).all()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_generation_with_and_without_cache_gives_the_same_tokens_and_beam_search_runs():
+    model = _model(gate=1.0)
+    pixels = _pixels()
+    kwargs = {"input_ids": INPUT_IDS, "pixel_values": pixels, "max_new_tokens": 6, "do_sample": False}
+    cached = model.generate(**kwargs, use_cache=True)
+    uncached = model.generate(**kwargs, use_cache=False)
+    torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
+    beams = model.generate(**kwargs, num_beams=3, num_return_sequences=3)
+    assert beams.shape == (3, INPUT_IDS.shape[1] + 6)
+    assert (beams[:, : INPUT_IDS.shape[1]] == INPUT_IDS).all()
+
+
+def test_generation_encodes_images_once_per_prompt(monkeypatch):
+    model = _model(gate=1.0)
+    calls = []
+    original = model.model.get_image_features
+    monkeypatch.setattr(model.model, "get_image_features", lambda pv: calls.append(pv.shape) or original(pv))
+    model.generate(input_ids=INPUT_IDS, pixel_values=_pixels(), max_new_tokens=4, do_sample=False)
+    assert len(calls) == 1
+
+
+def test_image_token_count_mismatch_raises_value_error_naming_both_counts():
+    model = _model()
+    with pytest.raises(ValueError, match=r"2 <image> tokens but 3 images"):
+        model(input_ids=INPUT_IDS, pixel_values=_pixels(3))
+
+
+def test_save_and_load_round_trip_gives_identical_logits(tmp_path):
+    model = _model(gate=0.5)
+    pixels = _pixels()
+    model.save_pretrained(tmp_path)
+    for auto_class in (AutoModel, AutoModelForImageTextToText):
+        loaded = auto_class.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, UniMPForConditionalGeneration)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded(input_ids=INPUT_IDS, pixel_values=pixels).logits,
+                model(input_ids=INPUT_IDS, pixel_values=pixels).logits,
+                rtol=0,
+                atol=0,
+            )
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), UniMPConfig)
+
+
+def test_trust_remote_code_loads_in_a_process_without_the_package(tmp_path):
+    model = _model(gate=0.5)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    assert (checkpoint / "modeling_unimp.py").exists() and (checkpoint / "configuration_unimp.py").exists()
+    pixels = _pixels()
+    torch.save({"input_ids": INPUT_IDS, "pixel_values": pixels}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(input_ids=INPUT_IDS, pixel_values=pixels).logits
+    script = textwrap.dedent(
+        f"""
+        import sys, importlib.util, torch
+        assert importlib.util.find_spec("modeling_unimp") is None, "package must not be importable here"
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            torch.save(model(**inputs).logits, {str(tmp_path / "logits.pt")!r})
+        print(type(model).__module__)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    # -I: isolated mode, so neither the cwd nor the editable install's finder puts the package on the path.
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
+        f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", runner + script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers_modules" in result.stdout
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=0)
+
+
+def test_item_logits_slice_the_catalogue_range():
+    model = _model(item_token_start_id=100, num_items=20)
+    logits = torch.randn(2, 5, 128)
+    assert torch.equal(model.item_logits(logits), logits[..., 100:120])
+
+
+def test_paper_preset_builds_on_meta_device_with_about_four_billion_parameters():
+    with torch.device("meta"):
+        model = UniMPForConditionalGeneration(UniMPConfig.paper())
+    parts = {
+        "vision (CLIP ViT-L/14)": model.model.vision_model,
+        "language model (GPT-NeoX 3B, with head)": [model.model.language_model, model.lm_head],
+        "perceiver": model.model.perceiver,
+        "gated cross-attention": model.model.gated_cross_attn,
+    }
+    counts = {}
+    for name, modules in parts.items():
+        modules = modules if isinstance(modules, list) else [modules]
+        counts[name] = sum(p.numel() for m in modules for p in m.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    print("\nUniMP paper preset parameters:")
+    for name, count in counts.items():
+        print(f"  {name:<42} {count / 1e9:6.3f} B")
+    print(f"  {'total':<42} {total / 1e9:6.3f} B   ({len(model.model.gated_cross_attn)} gated blocks)")
+    assert sum(counts.values()) == total
+    assert len(model.model.gated_cross_attn) == 16
+    assert abs(total - 4.0e9) / 4.0e9 < 0.05
+    assert abs(counts["vision (CLIP ViT-L/14)"] - 0.30e9) / 0.30e9 < 0.05
+    assert abs(counts["perceiver"] - 0.06e9) / 0.06e9 < 0.10
+    assert abs(counts["gated cross-attention"] - 0.9e9) / 0.9e9 < 0.05
+
+
+@pytest.mark.parametrize("field, value", [("cross_attn_every_n_layers", 0), ("perceiver_num_latents", 0)])
+def test_config_rejects_invalid_fields_naming_them(field, value):
+    with pytest.raises(ValueError, match=field):
+        make_tiny_config(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "text_config",
+    [
+        {"model_type": "gpt_neox", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "vocab_size": 128},
+        {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 128},
+        {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 128,
+         "bos_token_id": 0, "eos_token_id": 0},
+    ],
+)
+def test_other_causal_decoders_compose_and_keep_the_zero_gate_invariant(text_config):
+    model = _model(gate=0.0, text_config=text_config)
+    with torch.no_grad():
+        with_images = model(input_ids=INPUT_IDS, pixel_values=_pixels()).logits
+        model.model.gated_cross_attn[0].attn_gate.data.fill_(1.0)
+        gated = model(input_ids=INPUT_IDS, pixel_values=_pixels()).logits
+    assert with_images.shape == (1, INPUT_IDS.shape[1], 128)
+    assert not torch.allclose(with_images[:, FIRST_IMAGE:], gated[:, FIRST_IMAGE:])
+    torch.testing.assert_close(with_images[:, :FIRST_IMAGE], gated[:, :FIRST_IMAGE], rtol=0, atol=0)
