@@ -5,7 +5,10 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoProcessor,
 )
+
+from processing.processing_unimp import UniMPProcessor
 
 from .configuration_unimp import UniMPConfig
 from .modeling_unimp import (
@@ -21,6 +24,7 @@ AutoConfig.register("unimp", UniMPConfig, exist_ok=True)
 AutoModel.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(UniMPConfig, UniMPProcessor, exist_ok=True)
 
 __all__ = [
     "UniMPConfig",
@@ -29,4 +33,5 @@ __all__ = [
     "UniMPForConditionalGeneration",
     "UniMPGatedCrossAttentionBlock",
     "UniMPPerceiverResampler",
+    "UniMPProcessor",
 ]

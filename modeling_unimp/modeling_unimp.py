@@ -249,7 +249,9 @@ class UniMPModel(UniMPPreTrainedModel):
         self.vision_model = AutoModel.from_config(config.vision_config)
         self.perceiver = UniMPPerceiverResampler(config)
         self.language_model = AutoModel.from_config(config.text_config)
-        self.gated_cross_attn = nn.ModuleList(UniMPGatedCrossAttentionBlock(config) for _ in config.cross_attn_layer_ids)
+        self.gated_cross_attn = nn.ModuleList(
+            UniMPGatedCrossAttentionBlock(config) for _ in config.cross_attn_layer_ids
+        )
         for layer_index, layer in enumerate(_decoder_layers(self.language_model)):
             layer.register_forward_pre_hook(partial(_cross_attend_before_layer, layer_index), with_kwargs=True)
         self.post_init()

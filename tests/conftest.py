@@ -80,3 +80,26 @@ def make_tiny_config(**overrides):
 @pytest.fixture
 def tiny_config():
     return make_tiny_config()
+
+
+TINY_CATALOGUE = {  # three items; item "m3" has no image
+    "item_ids": ["m1", "m2", "m3"],
+    "item_titles": ["Toy Story", "Heat", "Up"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from processing import train_catalogue_tokenizer
+
+    corpus = ["Title Toy Story Genre Animation Comedy", "Title Heat Genre Action Crime", "What next?"] * 5
+    return train_catalogue_tokenizer(corpus, vocab_size=300)
+
+
+@pytest.fixture
+def tiny_processor(tiny_tokenizer):
+    import copy
+
+    from processing import UniMPProcessor
+
+    return UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), image_size=32, **TINY_CATALOGUE)

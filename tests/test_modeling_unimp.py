@@ -7,15 +7,15 @@ import textwrap
 
 import pytest
 import torch
-from conftest import IMAGE_TOKEN_ID, REPO_ROOT, make_tiny_config
+from conftest import IMAGE_TOKEN_ID, make_tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, LlamaForCausalLM
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPGatedCrossAttentionBlock
 from modeling_unimp.modeling_unimp import build_image_attention_mask
 
-I = IMAGE_TOKEN_ID
+IMG = IMAGE_TOKEN_ID
 # "prefix <image> a b <image> c d e": the first two tokens come before any image.
-INPUT_IDS = torch.tensor([[10, 11, I, 20, 21, I, 30, 31, 32]])
+INPUT_IDS = torch.tensor([[10, 11, IMG, 20, 21, IMG, 30, 31, 32]])
 FIRST_IMAGE, SECOND_IMAGE = 2, 5
 
 
@@ -69,7 +69,7 @@ def test_gated_block_output_for_a_token_moves_only_with_its_own_image():
     num_latents = config.perceiver_num_latents
     hidden = torch.randn(1, INPUT_IDS.shape[1], config.text_config.hidden_size)
     images = torch.randn(1, 2 * num_latents, config.vision_config.hidden_size)
-    mask = build_image_attention_mask(INPUT_IDS, I, 2).repeat_interleave(num_latents, dim=-1)
+    mask = build_image_attention_mask(INPUT_IDS, IMG, 2).repeat_interleave(num_latents, dim=-1)
     changed = images.clone()
     changed[:, num_latents:] = torch.randn(1, num_latents, config.vision_config.hidden_size)  # image 2 only
     with torch.no_grad():
@@ -81,8 +81,8 @@ def test_gated_block_output_for_a_token_moves_only_with_its_own_image():
 
 def test_image_less_item_in_the_middle_of_a_history_gets_no_cross_attention():
     # Three items; the middle one has no image: its column in the mask is all False (what the processor emits).
-    input_ids = torch.tensor([[10, I, 20, 21, I, 22, 23, I, 24, 25]])
-    mask = build_image_attention_mask(input_ids, I, 3)
+    input_ids = torch.tensor([[10, IMG, 20, 21, IMG, 22, 23, IMG, 24, 25]])
+    mask = build_image_attention_mask(input_ids, IMG, 3)
     mask[..., 1] = False
     model = _model(gate=1.0)
     pixels = _pixels(3)
@@ -161,7 +161,7 @@ def test_trust_remote_code_loads_in_a_process_without_the_package(tmp_path):
         """
     )
     env = {**os.environ, "PYTHONPATH": ""}
-    # -I: isolated mode, so neither the cwd nor the editable install's finder puts the package on the path.
+    # -IMG: isolated mode, so neither the cwd nor the editable install's finder puts the package on the path.
     site = [p for p in sys.path if p.endswith("site-packages")]
     runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
         f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
@@ -175,7 +175,8 @@ def test_trust_remote_code_loads_in_a_process_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers_modules" in result.stdout
-    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=0)
+    # another process may pick other CPU kernels: equal up to float32 rounding
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-6)
 
 
 def test_item_logits_slice_the_catalogue_range():

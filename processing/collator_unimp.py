@@ -1,0 +1,87 @@
+"""UniMPDataCollator: padding, labels on answer spans only, per-token task weights (reference §3.1-§3.4)."""
+
+from dataclasses import dataclass
+
+import torch
+
+from .processing_unimp import UniMPProcessor
+from .prompt_templates import ANSWER_TOKEN, END_OF_CHUNK_TOKEN, IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class UniMPDataCollator:
+    r"""Batch rendered prompts (`prompt_templates.render_record` output) into model inputs plus `labels` and
+    `token_weights`.
+
+    Supervised tokens are the answer spans: everything after an `<answer>` up to its `<|endofchunk|>`; the final
+    answer runs to the end of the sequence, EOS included (reference §3.1). `<answer>`, `<image>`, padding and
+    position 0 are never supervised. Spans of history items (context reconstruction, §3.2) get the weight
+    `task_weight × context_weight`; the final answer gets `task_weight` (§3.4).
+
+    Example:
+        >>> from processing import UniMPProcessor, train_catalogue_tokenizer
+        >>> tokenizer = train_catalogue_tokenizer(["Heat Toy Story"], vocab_size=300)
+        >>> processor = UniMPProcessor.from_catalogue(tokenizer, ["a", "b"], image_size=32)
+        >>> collator = UniMPDataCollator(processor, context_weight=0.5)
+        >>> batch = collator([{"text": "<image> Heat <answer> <item_0> <|endofchunk|> Next? <answer> <item_1>",
+        ...                    "images": [None], "task_weight": 2.0}])
+        >>> processor.tokenizer.convert_ids_to_tokens(batch["labels"][0][batch["labels"][0] != -100].tolist())
+        ['<item_0>', '<item_1>', '<|endoftext|>']
+        >>> batch["token_weights"][0][batch["labels"][0] != -100].tolist()
+        [1.0, 2.0, 2.0]
+    """
+
+    processor: UniMPProcessor
+    context_weight: float = 1.0  # official behaviour: history answers weigh as much as the target (§3.2)
+    for_generation: bool = False  # left padding, no EOS, no labels: prompts that end at `<answer>`
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("UniMPDataCollator got an empty batch")
+        for index, example in enumerate(examples):
+            for key in ("text", "images"):
+                if key not in example:
+                    raise ValueError(f"example {index} has no {key!r} field; pass render_record(...) output")
+        batch = self.processor(
+            text=[example["text"] for example in examples],
+            images=[list(example["images"]) for example in examples],
+            padding_side="left" if self.for_generation else "right",
+            add_eos=not self.for_generation,
+        )
+        batch = dict(batch)
+        if self.for_generation:
+            return batch
+        task_weights = torch.tensor([float(example.get("task_weight", 1.0)) for example in examples])
+        labels, token_weights = self.build_labels(batch["input_ids"], batch["attention_mask"], task_weights)
+        batch["labels"], batch["token_weights"] = labels, token_weights
+        return batch
+
+    def build_labels(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels (B, T) with -100 outside answer spans, and token_weights (B, T), 0 where unsupervised."""
+        tokenizer = self.processor.tokenizer
+        answer_id = tokenizer.convert_tokens_to_ids(ANSWER_TOKEN)
+        end_of_chunk_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        weights = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for row in range(input_ids.shape[0]):
+            ids = input_ids[row].tolist()
+            answer_positions = [t for t, token in enumerate(ids) if token == answer_id and attention_mask[row, t]]
+            for span_index, start in enumerate(answer_positions):
+                is_target = span_index == len(answer_positions) - 1
+                weight = task_weights[row] * (1.0 if is_target else self.context_weight)
+                for t in range(start + 1, len(ids)):
+                    if not attention_mask[row, t] or ids[t] in (end_of_chunk_id, answer_id, image_id):
+                        break
+                    labels[row, t] = ids[t]
+                    weights[row, t] = weight
+        labels[:, 0] = IGNORE_INDEX
+        weights[:, 0] = 0.0
+        return labels, weights
+
+
+__all__ = ["UniMPDataCollator", "IGNORE_INDEX"]

@@ -1,0 +1,316 @@
+"""UniMPProcessor: tokenizer + PIL image processor + the item catalogue (reference §1.5, §2.1).
+
+Self-contained for remote code: imports torch, transformers, PIL and same-folder modules only.
+"""
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast, ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.tokenization_utils_base import AddedToken
+
+from .prompt_templates import (
+    ANSWER_TOKEN,
+    END_OF_CHUNK_TOKEN,
+    IMAGE_TOKEN,
+    RATING_TOKENS,
+    SELECTION_TOKENS,
+    item_token,
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §1.2: CLIP normalisation
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_BOS_TOKEN, _PAD_TOKEN = "<|endoftext|>", "<|pad|>"
+
+
+def make_image_processor(image_size: int) -> CLIPImageProcessorPil:
+    """Bicubic resize straight to image_size² (no aspect-preserving crop), CLIP mean/std (reference §1.2).
+
+    PIL-based: torchvision does not import on the target machines (hf_stack_notes §0).
+    """
+    return CLIPImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        resample=Image.Resampling.BICUBIC,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+
+
+def train_catalogue_tokenizer(texts: Sequence[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """Train the tiny default's byte-level BPE tokenizer on the catalogue text with `tokenizers`.
+
+    Args:
+        texts: item texts (titles, attributes, reviews) to learn merges from.
+        vocab_size: target vocabulary size before UniMP's added tokens.
+    Returns: a fast tokenizer with BOS = EOS = `<|endoftext|>` and pad `<|pad|>` (GPT-NeoX convention, §1.5).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[_BOS_TOKEN, _PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=_BOS_TOKEN, eos_token=_BOS_TOKEN, pad_token=_PAD_TOKEN
+    )
+
+
+class UniMPProcessor(ProcessorMixin):
+    r"""Turns UniMP prompts (text with one `<image>` per item, plus the items' images) into model inputs, and
+    owns the item catalogue: one `<item_k>` token per catalogue item, mapped back to real item ids.
+
+    Example:
+        >>> from PIL import Image
+        >>> tokenizer = train_catalogue_tokenizer(["Toy Story (1995) Animation Comedy"], vocab_size=300)
+        >>> processor = UniMPProcessor.from_catalogue(tokenizer, ["ml_1", "ml_2"], ["Toy Story", "Heat"], image_size=32)
+        >>> batch = processor(text=["<image> Toy Story <answer> <item_0> <|endofchunk|>"],
+        ...                   images=[[Image.new("RGB", (40, 60), "red")]])
+        >>> tuple(batch["pixel_values"].shape), tuple(batch["image_attention_mask"].shape[::2])
+        ((1, 1, 3, 32, 32), (1, 1))
+        >>> processor.decode_items([processor.item_token_start_id + 1])
+        ['ml_2']
+    """
+
+    _auto_class = "AutoProcessor"  # save_pretrained copies this file: AutoProcessor works with remote code
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        item_ids: list[str] | None = None,
+        item_titles: list[str] | None = None,
+        item_images: list[str | None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(image_processor, tokenizer, **kwargs)
+        self.item_ids = list(item_ids or [])
+        self.item_titles = list(item_titles) if item_titles is not None else [""] * len(self.item_ids)
+        self.item_images = list(item_images) if item_images is not None else [None] * len(self.item_ids)
+        if not (len(self.item_ids) == len(self.item_titles) == len(self.item_images)):
+            raise ValueError(
+                f"item_ids ({len(self.item_ids)}), item_titles ({len(self.item_titles)}) and item_images "
+                f"({len(self.item_images)}) must have one entry per catalogue item"
+            )
+        self._item_index = {item_id: index for index, item_id in enumerate(self.item_ids)}
+        if len(self._item_index) != len(self.item_ids):
+            raise ValueError("item_ids contains duplicates; each catalogue item needs one id")
+
+    # ------------------------------------------------------------------ catalogue and vocabulary
+    @classmethod
+    def from_catalogue(
+        cls,
+        tokenizer: PreTrainedTokenizerFast,
+        item_ids: Sequence[str],
+        item_titles: Sequence[str] | None = None,
+        item_images: Sequence[str | None] | None = None,
+        *,
+        image_size: int = 224,
+        image_processor=None,
+    ) -> "UniMPProcessor":
+        """Add UniMP's tokens to `tokenizer` (reference §1.5) and build the processor.
+
+        The `<item_k>` tokens are added last, so they form one contiguous id range (fast exact ranking).
+        Added tokens strip the space on their left, so `<answer> <item_3>` is exactly two tokens and the item
+        token directly follows `<answer>`.
+        """
+        special = [IMAGE_TOKEN, END_OF_CHUNK_TOKEN, ANSWER_TOKEN]
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [AddedToken(t, lstrip=True, normalized=False) for t in special]}
+        )
+        if tokenizer.pad_token is None:  # RedPajama/SmolLM-style tokenizers may have none (reference §1.5)
+            tokenizer.add_special_tokens({"pad_token": AddedToken(_PAD_TOKEN, normalized=False)})
+        if tokenizer.bos_token is None:
+            tokenizer.bos_token = tokenizer.eos_token
+        plain = [*RATING_TOKENS, *SELECTION_TOKENS]
+        tokenizer.add_tokens([AddedToken(t, lstrip=True, normalized=False) for t in plain])
+        tokenizer.add_tokens([AddedToken(item_token(k), lstrip=True, normalized=False) for k in range(len(item_ids))])
+        return cls(
+            image_processor=image_processor or make_image_processor(image_size),
+            tokenizer=tokenizer,
+            item_ids=[str(i) for i in item_ids],
+            item_titles=list(item_titles) if item_titles is not None else None,
+            item_images=list(item_images) if item_images is not None else None,
+        )
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def item_token_start_id(self) -> int | None:
+        if not self.item_ids:
+            return None
+        return self.tokenizer.convert_tokens_to_ids(item_token(0))
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    def model_token_ids(self) -> dict[str, int | None]:
+        """The UniMPConfig fields this processor decides (special token ids and the item range)."""
+        start = self.item_token_start_id
+        if start is not None and self.tokenizer.convert_tokens_to_ids(item_token(self.num_items - 1)) != (
+            start + self.num_items - 1
+        ):
+            raise ValueError("the <item_k> tokens are not contiguous in the vocabulary; rebuild the processor")
+        return {
+            "image_token_id": self.image_token_id,
+            "end_of_chunk_token_id": self.tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN),
+            "answer_token_id": self.tokenizer.convert_tokens_to_ids(ANSWER_TOKEN),
+            "item_token_start_id": start,
+            "num_items": self.num_items,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "bos_token_id": self.tokenizer.bos_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+
+    def prepare_model(self, model) -> None:
+        """Resize the model's embeddings and head to this vocabulary and record the token ids in its config
+        (and its generation config), so a checkpoint decodes its answers with this processor."""
+        if model.get_input_embeddings().num_embeddings != len(self.tokenizer):
+            model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        for name, value in self.model_token_ids().items():
+            setattr(model.config, name, value)
+            if name in ("pad_token_id", "bos_token_id", "eos_token_id") and model.generation_config is not None:
+                setattr(model.generation_config, name, value)
+
+    def item_index(self, item_id: str) -> int:
+        """Catalogue index k of a real item id; `KeyError` naming it when unknown."""
+        try:
+            return self._item_index[str(item_id)]
+        except KeyError:
+            message = f"item id {item_id!r} is not in the processor's catalogue of {self.num_items} items"
+            raise KeyError(message) from None
+
+    def decode_items(self, token_ids: Sequence[int]) -> list[str | None]:
+        """Map generated token ids back to real item ids (None for a token that is not an item)."""
+        start = self.item_token_start_id
+        out = []
+        for token_id in token_ids:
+            k = int(token_id) - start if start is not None else -1
+            out.append(self.item_ids[k] if 0 <= k < self.num_items else None)
+        return out
+
+    # ------------------------------------------------------------------ encoding
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        images: list | None = None,
+        *,
+        padding_side: str = "right",
+        add_bos: bool = True,
+        add_eos: bool = False,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Encode prompts and their images.
+
+        Args:
+            text: one prompt or a list of B prompts, each with one `<image>` per item.
+            images: per prompt, the list of its items' images in order (PIL images, file paths, or None for an
+                item without an image: its tokens then get no cross-attention).
+            padding_side: "right" for training, "left" for generation.
+            add_bos / add_eos: BOS is prepended to train and eval prompts alike (not copying the mismatch of
+                reference §2.1); EOS ends training targets.
+        Returns: `input_ids`, `attention_mask` (B, T); `pixel_values` (B, N, 3, H, W) zero-padded to the batch's
+            max N; `image_attention_mask` (B, T, N), True where token t uses image n.
+        """
+        if text is None:
+            raise ValueError("UniMPProcessor needs `text`")
+        texts = [text] if isinstance(text, str) else list(text)
+        if images is None:
+            images = [[] for _ in texts]
+        elif isinstance(text, str) and (not images or not isinstance(images[0], (list, tuple))):
+            images = [images]
+        if len(images) != len(texts):
+            raise ValueError(f"{len(texts)} prompts but {len(images)} image lists; pass one list per prompt")
+        token_lists = []
+        for row, (prompt, row_images) in enumerate(zip(texts, images)):
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            num_image_tokens = ids.count(self.image_token_id)
+            if num_image_tokens != len(row_images):
+                raise ValueError(
+                    f"prompt {row} has {num_image_tokens} <image> tokens but {len(row_images)} images; "
+                    "give one image (or None) per item"
+                )
+            ids = ([self.tokenizer.bos_token_id] if add_bos else []) + ids
+            ids = ids + ([self.tokenizer.eos_token_id] if add_eos else [])
+            token_lists.append(ids)
+        batch = self._pad(token_lists, padding_side)
+        batch.update(self._encode_images(images, batch["input_ids"]))
+        return BatchFeature(batch, tensor_type=None)
+
+    def _pad(self, token_lists: list[list[int]], padding_side: str) -> dict[str, torch.Tensor]:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        length = max(len(ids) for ids in token_lists)
+        input_ids = torch.full((len(token_lists), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(token_lists), length), dtype=torch.long)
+        for row, ids in enumerate(token_lists):
+            span = slice(0, len(ids)) if padding_side == "right" else slice(length - len(ids), length)
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _encode_images(self, images: list[list], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        max_images = max((len(row) for row in images), default=0)
+        size = self.image_processor.size
+        height, width = size["height"], size["width"]
+        pixel_values = torch.zeros(len(images), max_images, 3, height, width)
+        present = torch.zeros(len(images), max_images, dtype=torch.bool)
+        undecodable = 0
+        for row, row_images in enumerate(images):
+            for slot, image in enumerate(row_images):
+                picture = self._load_image(image)
+                if picture is None:
+                    undecodable += image is not None
+                    continue
+                pixel_values[row, slot] = self.image_processor(picture, return_tensors="pt")["pixel_values"][0]
+                present[row, slot] = True
+        if undecodable:
+            warnings.warn(f"{undecodable} image(s) could not be decoded; their items are treated as image-less")
+        # token t uses image n iff n is its most recent <image> (reference §1.4), and image n exists.
+        image_index = (input_ids == self.image_token_id).cumsum(dim=-1) - 1  # (B, T)
+        slots = torch.arange(max_images)
+        image_attention_mask = (image_index.unsqueeze(-1) == slots) & present.unsqueeze(1)  # (B, T, N)
+        return {"pixel_values": pixel_values, "image_attention_mask": image_attention_mask}
+
+    @staticmethod
+    def _load_image(image) -> Image.Image | None:
+        if image is None:
+            return None
+        if isinstance(image, dict):  # a datasets.Image() cell that was not decoded
+            image = image.get("path") or image.get("bytes")
+        try:
+            if isinstance(image, (bytes, bytearray)):
+                import io
+
+                image = Image.open(io.BytesIO(image))
+            elif not isinstance(image, Image.Image):
+                image = Image.open(image)
+            return image.convert("RGB")
+        except (OSError, ValueError):
+            return None
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_attention_mask"]
+
+
+__all__ = ["UniMPProcessor", "make_image_processor", "train_catalogue_tokenizer"]
