@@ -1,0 +1,151 @@
+"""UniMP training: the focal token-reweighted loss, trainable stages and the Trainer subclass (reference §3, §1.6)."""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+IGNORE_INDEX = -100
+
+# Which submodules train in each stage (reference §1.6; STYLE.md §8.4: freezing is a recipe step).
+TRAINABLE_MODULES = {
+    # the paper: vision tower and LM blocks frozen; perceiver, cross-attention, input embeddings and head train.
+    # The head is listed explicitly: the official code silently left it frozen under transformers >= 4.35 (§1.6).
+    "paper": ("model.perceiver", "model.gated_cross_attn", "input_embeddings", "lm_head"),
+    "full": ("",),  # everything; the tiny default, whose towers start from scratch
+    "lora": ("model.perceiver",),  # plus LoRA adapters and the item rows, set up by apply_lora
+}
+
+
+def focal_token_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Task-weighted focal next-token loss (reference §3.3-§3.4).
+
+    For every supervised position t (labels shifted by one), with p_t the model's probability of the label:
+        ℓ_t = w_t · (1 − p_t)^γ · (−log p_t)
+    and the loss is Σ_t ℓ_t / n, where n is the number of supervised tokens across the whole gradient-accumulation
+    batch (`num_items_in_batch`, as Trainer counts it) or, when None, in this micro-batch. The focal factor is not
+    detached, as in the original (§3.3); γ = 0 with unit weights is exactly the mean cross-entropy.
+
+    Args:
+        logits: (B, T, V).
+        labels: (B, T), -100 where unsupervised.
+        token_weights: (B, T), the task weight λ per supervised token (context answers may carry their own);
+            None means 1 everywhere.
+        gamma: the focal exponent γ (2 in every released script).
+        num_items_in_batch: the normaliser n.
+    Returns: a scalar tensor.
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    supervised = shift_labels != IGNORE_INDEX
+    log_probs = -F.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none"
+    )  # (B, T-1): log p_t
+    per_token = -log_probs
+    if gamma != 0:
+        per_token = per_token * (1.0 - log_probs.exp()).pow(gamma)
+    if token_weights is not None:
+        per_token = per_token * token_weights[:, 1:].to(per_token.dtype)
+    per_token = per_token * supervised
+    normaliser = supervised.sum() if num_items_in_batch is None else num_items_in_batch
+    normaliser = torch.as_tensor(normaliser, device=per_token.device, dtype=per_token.dtype).clamp(min=1)
+    return per_token.sum() / normaliser
+
+
+def set_trainable(model: nn.Module, stage: str) -> list[str]:
+    """Freeze everything, then unfreeze the modules of `stage` ("paper", "full" or "lora").
+
+    Returns the names of the trainable parameters (recipes log them; tests assert them).
+    """
+    if stage not in TRAINABLE_MODULES:
+        raise ValueError(f"trainable_stage must be one of {sorted(TRAINABLE_MODULES)}, got {stage!r}")
+    model.requires_grad_(False)
+    for name in TRAINABLE_MODULES[stage]:
+        if name == "input_embeddings":
+            model.get_input_embeddings().requires_grad_(True)
+        elif name == "lm_head":
+            model.get_output_embeddings().requires_grad_(True)
+        else:
+            model.get_submodule(name).requires_grad_(True)
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+def lora_config_for(model: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float = 0.0):
+    """A PEFT `LoraConfig` for UniMP: LoRA on the LM's linear layers and the gated cross-attention projections;
+    the perceiver trains fully, and the item-token rows of the input embeddings and of the head train through
+    PEFT's trainable tokens (so new items are learnable without unfreezing the whole vocabulary)."""
+    from peft import LoraConfig
+
+    config = model.config
+    item_ids = list(config.item_token_ids)
+    embedding_name = next(
+        name for name, module in model.named_modules() if module is model.get_input_embeddings()
+    ).rsplit(".", 1)[-1]
+    trainable_tokens = {embedding_name: item_ids} if item_ids else None
+    if trainable_tokens is not None and not config.tie_word_embeddings:
+        trainable_tokens["lm_head"] = item_ids
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=(
+            r".*language_model\.(layers|h)\.\d+\..*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+            r"|query_key_value|dense|dense_h_to_4h|dense_4h_to_h|c_attn|c_proj|c_fc)"
+            r"|.*gated_cross_attn\.\d+\.(q_proj|kv_proj|o_proj)"
+        ),
+        modules_to_save=["perceiver"],
+        trainable_token_indices=trainable_tokens,
+    )
+
+
+@dataclass
+class UniMPTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus UniMP's objective knobs (STYLE.md §5: each value lives in one place)."""
+
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal exponent γ of token re-weighting (§3.3)."})
+    context_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of history-item answers (context reconstruction, §3.2); 0 is the ablation."},
+    )
+    task_weights: dict = field(
+        default_factory=lambda: {"rec": 2.0, "exp": 1.0, "select": 1.0, "search": 1.0, "imggen": 1.0},
+        metadata={"help": "Per-task weight λ_a (§3.4): λ_rec = 2, others 1."},
+    )
+    trainable_stage: str = field(default="full", metadata={"help": "paper | full | lora (§1.6)."})
+    max_history_items: int = field(default=10, metadata={"help": "History budget; older items are dropped."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "token_weights must reach compute_loss."})
+
+
+class UniMPTrainer(Trainer):
+    """`Trainer` whose loss is `focal_token_loss`; it only routes tensors to it (STYLE.md §8.8)."""
+
+    loss_is_scaled_for_ga = True  # we divide by num_items_in_batch, counted over the accumulated batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        token_weights = inputs.pop("token_weights", None)
+        outputs = model(**inputs, use_cache=False)
+        gamma = getattr(self.args, "focal_gamma", 0.0)
+        loss = focal_token_loss(outputs.logits, labels, token_weights, gamma, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; n already spans all ranks
+        return (loss, outputs) if return_outputs else loss
+
+
+__all__ = [
+    "TRAINABLE_MODULES",
+    "UniMPTrainer",
+    "UniMPTrainingArguments",
+    "focal_token_loss",
+    "lora_config_for",
+    "set_trainable",
+]

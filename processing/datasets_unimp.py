@@ -1,0 +1,1391 @@
+"""Local raw files -> `datasets.DatasetDict` (item table + per-split user rows), task records, RecBole export.
+
+Datasets and splits: reference unimp_method.md §2.1 and §5; leave-one-out and the atomic export: peer_protocol.md §2.
+"""
+
+import gzip
+import html
+import json
+import logging
+import math
+import os
+import random
+import re
+import statistics
+import warnings
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+import PIL.Image
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, List, Value
+from datasets.table import InMemoryTable
+
+from .prompt_templates import TRAIN_SPLIT
+
+logger = logging.getLogger(__name__)
+
+# Builder names are the folder names under the data dir; RecBole names are peer_protocol.md §2's.
+DATASET_NAMES = ("ml-100k-posters", "hm-sample", "amazon-mi-2014-5core", "amazon-2018-small-5core")
+RECBOLE_NAMES = {
+    "ml-100k-posters": "ml100k",
+    "amazon-mi-2014-5core": "amazon-mi",
+    "hm-sample": "hm",
+    "amazon-2018-small-5core": "amazon-2018",
+}
+PROTOCOLS = ("leave_one_out", "user_disjoint")
+USER_SPLITS = ("train", "validation", "test")
+ITEMS_SPLIT = "items"  # the item table travels in the DatasetDict next to the user splits
+AMAZON_2018_CATEGORIES = ("Gift_Cards", "Magazine_Subscriptions")
+# Fewest interactions a user needs: leave-one-out keeps a train row with >= 1 history item (peer §2.1).
+MIN_USER_INTERACTIONS = {"leave_one_out": 4, "user_disjoint": 2}
+
+ITEM_FEATURES = Features({
+    "item_id": Value("string"),  # the real id (ML-100K movie id, H&M article_id, Amazon asin)
+    "title": Value("string"),  # None when the source has no usable title
+    "category": Value("string"),  # category / genre path, the search query source; None when unknown
+    "attributes": List({"key": Value("string"), "value": Value("string")}),  # ordered; value None = Unknown
+    "image": Image(),  # path-based (bytes are not read); None for an image-less item
+})
+USER_ROW_FEATURES = Features({
+    "user_id": Value("string"),
+    "history_item_ids": List(Value("string")),  # oldest first
+    "history_timestamps": List(Value("int64")),  # Unix seconds
+    "history_ratings": List(Value("int32")),  # 1-5, None where the dataset has no rating
+    "history_explanations": List(Value("string")),  # None where there is no text
+    "history_source_rows": List(Value("int64")),  # 0-based data row in the source file(s)
+    "target_item_id": Value("string"),
+    "target_timestamp": Value("int64"),
+    "target_rating": Value("int32"),
+    "target_explanation": Value("string"),
+    "target_source_row": Value("int64"),
+})
+
+
+class _Interaction(NamedTuple):
+    user_id: str
+    item_id: str
+    timestamp: int  # Unix seconds
+    source_row: int  # 0-based data row of the source file; ties in time keep this order (peer §2.1)
+    rating: int | None = None
+    explanation: str | None = None
+
+
+def default_data_dir() -> Path:
+    """The raw-data folder: `$UNIMP_DATA_DIR`, else `<repo>/../shared/data`.
+
+    Returns:
+        the folder path (not checked for existence).
+    """
+    env = os.environ.get("UNIMP_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _dataset_folder(data_dir: str | os.PathLike | None, name: str) -> Path:
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    folder = folder / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} is missing; set UNIMP_DATA_DIR or pass data_dir")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Text helpers
+# ----------------------------------------------------------------------------------------------
+
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # real tags only: "< 5 stars" and "<3" stay
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_TITLE_STOPWORDS = frozenset("a an and the of for in on with to by at from or".split())
+
+
+def _clean_html(value: Any) -> str | None:
+    """Unescape HTML entities (`&amp;`) and drop tags; None for an empty result."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = _HTML_TAG.sub(" ", html.unescape(str(value)))
+    text = " ".join(html.unescape(text).split())
+    return text or None
+
+
+def _first_sentence(review_text: Any, summary: Any) -> str | None:
+    """The explanation rule: the review's first sentence of >= 4 words, else the review, else the summary."""
+    review = _clean_html(review_text)
+    if review:
+        for sentence in _SENTENCE_END.split(review):
+            if len(sentence.split()) >= 4:
+                return sentence
+        return review
+    return _clean_html(summary)
+
+
+def _title_keywords(title: str | None) -> str:
+    words = [re.sub(r"[^\w'-]", "", word) for word in (title or "").split()]
+    return " ".join(word for word in words if word and word.lower() not in _TITLE_STOPWORDS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading with line numbers
+# ----------------------------------------------------------------------------------------------
+
+def _read_table(path: Path, *, sep: str, required: Iterable[str], nonempty: Iterable[str] = ()) -> pd.DataFrame:
+    """A CSV/TSV as strings (no NA guessing: ids keep leading zeros); missing columns or empty cells raise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, quoting=0 if sep == "," else 3)
+    except pd.errors.ParserError as error:  # its message names the line ("Expected 4 fields in line 7")
+        raise ValueError(f"{path}: malformed table ({error})") from None
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} are missing (found {list(frame.columns)})")
+    for column in nonempty:  # also catches rows with too few fields, which pandas pads with ""
+        empty = (frame[column].fillna("") == "").to_numpy().nonzero()[0]
+        if len(empty):
+            raise ValueError(f"{path}:{empty[0] + 2}: column {column!r} is empty (or the row has too few fields)")
+    return frame
+
+
+def _to_int_column(frame: pd.DataFrame, column: str, path: Path) -> list[int]:
+    """Parse a numeric column to ints; a bad cell raises naming the file and line (header = line 1)."""
+    numbers = pd.to_numeric(frame[column], errors="coerce")
+    bad = numbers.isna() | (numbers != numbers.round())
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise ValueError(f"{path}:{row + 2}: column {column!r} value {frame[column].iat[row]!r} is not an integer")
+    return numbers.astype("int64").tolist()
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    """Yield (line number, object) from JSON lines, gzip'd when the name ends in .gz."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: malformed JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            yield line_number, row
+
+
+def _require_fields(row: Mapping, fields: Iterable[str], where: str) -> None:
+    for field in fields:
+        if row.get(field) is None or row.get(field) == "":
+            raise ValueError(f"{where}: field {field!r} is missing or empty")
+
+
+def _parse_rating(value: Any, where: str) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: field 'rating' value {value!r} is not a number") from None
+    if not number.is_integer() or not 1 <= number <= 5:
+        raise ValueError(f"{where}: field 'rating' value {value!r} is not an integer from 1 to 5")
+    return int(number)
+
+
+def _parse_timestamp(value: Any, where: str) -> int:
+    """Unix seconds (int, float or numeric string) or an ISO date/time (UTC when no zone is given)."""
+    if not isinstance(value, bool):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            pass
+        try:
+            stamp = pd.Timestamp(value)
+            stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+            return int(stamp.timestamp())
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{where}: field 'timestamp' value {value!r} is neither Unix seconds nor an ISO date")
+
+
+# ----------------------------------------------------------------------------------------------
+# Filters and splits
+# ----------------------------------------------------------------------------------------------
+
+def _drop_repeated_pairs(interactions: list[_Interaction], name: str) -> list[_Interaction]:
+    """Keep the first (user, item) interaction in source order (peer §2.2, H&M step 3)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for interaction in interactions:
+        pair = (interaction.user_id, interaction.item_id)
+        if pair not in seen:
+            seen.add(pair)
+            kept.append(interaction)
+    logger.info("%s: dropped %d repeated (user, item) rows, keeping each pair's first; %d rows left",
+                name, len(interactions) - len(kept), len(kept))
+    return kept
+
+
+def _iterative_core(interactions: list[_Interaction], min_user: int, min_item: int, name: str) -> list[_Interaction]:
+    """Drop users with < min_user and items with < min_item rows, counted on the current data, until stable."""
+    rounds = 0
+    while True:
+        user_counts = Counter(interaction.user_id for interaction in interactions)
+        item_counts = Counter(interaction.item_id for interaction in interactions)
+        kept = [i for i in interactions if user_counts[i.user_id] >= min_user and item_counts[i.item_id] >= min_item]
+        if len(kept) == len(interactions):
+            break
+        rounds += 1
+        interactions = kept
+    logger.info("%s: %d-core users / %d-core items took %d removal rounds; %d rows, %d users, %d items left",
+                name, min_user, min_item, rounds, len(interactions),
+                len({i.user_id for i in interactions}), len({i.item_id for i in interactions}))
+    return interactions
+
+
+def _user_sequences(interactions: list[_Interaction]) -> dict[str, list[_Interaction]]:
+    """user -> interactions sorted by (time, source row); users in order of first appearance (peer §2.1)."""
+    sequences: dict[str, list[_Interaction]] = {}
+    for interaction in interactions:
+        sequences.setdefault(interaction.user_id, []).append(interaction)
+    for sequence in sequences.values():
+        sequence.sort(key=lambda interaction: (interaction.timestamp, interaction.source_row))
+    return sequences
+
+
+def _drop_short_users(sequences: dict[str, list[_Interaction]], protocol: str, name: str):
+    minimum = MIN_USER_INTERACTIONS[protocol]
+    kept = {user: sequence for user, sequence in sequences.items() if len(sequence) >= minimum}
+    if len(kept) < len(sequences):
+        logger.info("%s: dropped %d users with fewer than %d interactions, which the %s protocol needs",
+                    name, len(sequences) - len(kept), minimum, protocol)
+    return kept
+
+
+def _split_sequences(sequences, protocol: str, seed: int, fractions: tuple[float, float, float]):
+    """split -> [(history, target)]: leave-one-out (peer §2.1) or user-disjoint (reference §5.1)."""
+    splits: dict[str, list[tuple[list[_Interaction], _Interaction]]] = {split: [] for split in USER_SPLITS}
+    if protocol == "leave_one_out":
+        for sequence in sequences.values():
+            splits["train"].append((sequence[:-3], sequence[-3]))
+            splits["validation"].append((sequence[:-2], sequence[-2]))
+            splits["test"].append((sequence[:-1], sequence[-1]))
+        return splits
+    if protocol != "user_disjoint":
+        raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"fractions={fractions!r} must be three non-negative numbers summing to 1")
+    users = sorted(sequences)  # sorted, so the split does not depend on the file's row order
+    random.Random(seed).shuffle(users)
+    num_validation = round(fractions[1] * len(users))
+    num_test = round(fractions[2] * len(users))
+    num_train = len(users) - num_validation - num_test
+    assignment = {user: "train" for user in users[:num_train]}
+    assignment.update({user: "validation" for user in users[num_train:num_train + num_validation]})
+    assignment.update({user: "test" for user in users[num_train + num_validation:]})
+    for user, sequence in sequences.items():  # rows keep the users' first-appearance order
+        splits[assignment[user]].append((sequence[:-1], sequence[-1]))
+    return splits
+
+
+def _training_interactions(splits) -> list[_Interaction]:
+    """What training may see: the train rows' history + target (both protocols)."""
+    return [interaction for history, target in splits["train"] for interaction in (*history, target)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------
+
+_IMAGE_CHECKS: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) -> decodes; per process
+
+
+def _image_decodes(path: str) -> bool:
+    """Whether the file decodes (JPEG at 1/8 scale: the whole entropy-coded stream is still read)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _IMAGE_CHECKS:
+        try:
+            with PIL.Image.open(path) as image:
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+            _IMAGE_CHECKS[key] = True
+        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
+            _IMAGE_CHECKS[key] = False
+    return _IMAGE_CHECKS[key]
+
+
+def _check_images(items: list[dict], name: str) -> None:
+    """Mark items whose image file is missing or undecodable image-less, with one warning for all of them."""
+    bad = [item for item in items if item["image"] is not None and not _image_decodes(item["image"])]
+    for item in bad:
+        item["image"] = None
+    if bad:
+        examples = ", ".join(repr(item["item_id"]) for item in bad[:3])
+        warnings.warn(f"{name}: {len(bad)} of {len(items)} items have a missing or undecodable image file "
+                      f"(e.g. items {examples}); they keep their text and are image-less", UserWarning,
+                      stacklevel=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Assembly into a DatasetDict
+# ----------------------------------------------------------------------------------------------
+
+def _make_item(item_id: str, attributes: list[tuple[str, Any]], *, title=None, category=None, image=None) -> dict:
+    return {"item_id": item_id, "title": title, "category": category, "attributes": attributes, "image": image}
+
+
+def _rows_to_columns(rows: list[tuple[list[_Interaction], _Interaction]]) -> dict[str, list]:
+    columns: dict[str, list] = {name: [] for name in USER_ROW_FEATURES}
+    for history, target in rows:
+        columns["user_id"].append(target.user_id)
+        columns["history_item_ids"].append([i.item_id for i in history])
+        columns["history_timestamps"].append([i.timestamp for i in history])
+        columns["history_ratings"].append([i.rating for i in history])
+        columns["history_explanations"].append([i.explanation for i in history])
+        columns["history_source_rows"].append([i.source_row for i in history])
+        columns["target_item_id"].append(target.item_id)
+        columns["target_timestamp"].append(target.timestamp)
+        columns["target_rating"].append(target.rating)
+        columns["target_explanation"].append(target.explanation)
+        columns["target_source_row"].append(target.source_row)
+    return columns
+
+
+def _make_dataset(columns: dict[str, list], features: Features, info: dict, split: str) -> Dataset:
+    """Columns already in Arrow storage form -> Dataset, without datasets' per-value encoding (10x faster)."""
+    table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=features, **info), split=split)
+
+
+def _assemble(
+    name: str,
+    interactions: list[_Interaction],
+    items: Mapping[str, dict] | Callable[[list[_Interaction]], Mapping[str, dict]],
+    *,
+    protocol: str,
+    seed: int,
+    fractions: tuple[float, float, float],
+    check_images: bool,
+    item_order: Iterable[str] | None = None,
+) -> DatasetDict:
+    """Sequences -> split rows -> DatasetDict; `items` may be a function of the training interactions.
+
+    The item table holds the items of the kept interactions, in `item_order` (the item file's order)
+    when given, else in order of first appearance in the source rows.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
+    sequences = _drop_short_users(_user_sequences(interactions), protocol, name)
+    splits = _split_sequences(sequences, protocol, seed, fractions)
+    if callable(items):  # item text built from training interactions only, so no eval target leaks into it
+        items = items(_training_interactions(splits))
+    used = {interaction.item_id for sequence in sequences.values() for interaction in sequence}
+    if item_order is None:
+        first_rows = {}
+        for sequence in sequences.values():
+            for interaction in sequence:
+                first_rows[interaction.item_id] = min(first_rows.get(interaction.item_id, math.inf),
+                                                      interaction.source_row)
+        item_order = sorted(first_rows, key=first_rows.__getitem__)
+    table = [dict(items[item_id]) for item_id in item_order if item_id in used]
+    if check_images:
+        _check_images(table, name)
+    for item in table:
+        item["attributes"] = [{"key": str(key), "value": None if value is None else str(value)}
+                              for key, value in item["attributes"]]
+    info = {"dataset_name": name, "config_name": protocol,
+            "description": f"unimp {name}, {protocol} split (seed {seed}); built by processing/datasets_unimp.py"}
+    dataset_dict = DatasetDict({
+        split: _make_dataset(_rows_to_columns(rows), USER_ROW_FEATURES, info, split)
+        for split, rows in splits.items()
+    })
+    item_columns = {field: [item[field] for item in table] for field in ITEM_FEATURES}
+    item_columns["image"] = [None if path is None else {"bytes": None, "path": path} for path in item_columns["image"]]
+    dataset_dict[ITEMS_SPLIT] = _make_dataset(item_columns, ITEM_FEATURES, info, ITEMS_SPLIT)
+    logger.info("%s (%s): %d users, %d items, %d interactions; rows train %d / validation %d / test %d",
+                name, protocol, len(sequences), len(table), sum(len(s) for s in sequences.values()),
+                *(len(splits[split]) for split in USER_SPLITS))
+    return dataset_dict
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset builders
+# ----------------------------------------------------------------------------------------------
+
+def build_ml100k(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    protocol: str = "leave_one_out",
+    seed: int = 42,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    check_images: bool = True,
+) -> DatasetDict:
+    """MovieLens-100K with posters: every rating is an interaction (no filter, peer §2.2).
+
+    Items: `Title {movie_title} Release Date {release_year} Genres {class}` (the Netflix order of reference
+    §2.1 plus genres); category = genres; image = the poster from `ml100k_to_ml1m_posters.csv`, None for the
+    items without one. Ratings 1-5 are kept per interaction; there is no review text.
+
+    Args:
+        data_dir: folder holding `ml-100k-posters/`; default `default_data_dir()`.
+        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
+        seed: user shuffle seed of "user_disjoint".
+        fractions: train/validation/test user fractions of "user_disjoint".
+        check_images: decode every poster once; failures make the item image-less with one warning.
+
+    Returns:
+        DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
+    """
+    name = "ml-100k-posters"
+    folder = _dataset_folder(data_dir, name)
+    inter_path = folder / "ml-100k.inter"
+    columns = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
+    frame = _read_table(inter_path, sep="\t", required=columns, nonempty=columns)
+    timestamps = _to_int_column(frame, "timestamp:float", inter_path)
+    ratings = _to_int_column(frame, "rating:float", inter_path)
+    interactions = [
+        _Interaction(user, item, time, row, rating)
+        for row, (user, item, time, rating) in enumerate(zip(frame["user_id:token"], frame["item_id:token"],
+                                                             timestamps, ratings))
+    ]
+    item_path = folder / "ml-100k.item"
+    item_frame = _read_table(item_path, sep="\t", required=("item_id:token", "movie_title:token_seq",
+                                                            "release_year:token", "class:token_seq"),
+                             nonempty=("item_id:token",))
+    poster_path = folder / "ml100k_to_ml1m_posters.csv"
+    posters = _read_table(poster_path, sep=",", required=("ml100k_item_id", "poster_file"))
+    poster_of = {item_id: str(folder / poster) for item_id, poster in zip(posters["ml100k_item_id"],
+                                                                          posters["poster_file"]) if poster}
+    items = OrderedDict()
+    for item_id, title, year, genres in zip(item_frame["item_id:token"], item_frame["movie_title:token_seq"],
+                                            item_frame["release_year:token"], item_frame["class:token_seq"]):
+        attributes = [("Title", title or None), ("Release Date", year or None), ("Genres", genres or None)]
+        items[item_id] = _make_item(item_id, attributes, title=title or None, category=genres or None,
+                                    image=poster_of.get(item_id))
+    unknown = sorted({i.item_id for i in interactions} - set(items))
+    if unknown:
+        raise KeyError(f"{inter_path}: item_id {unknown[0]!r} (and {len(unknown) - 1} more) not in {item_path}")
+    logger.info("%s: all %d ratings kept as implicit interactions (nothing filtered, peer §2.2)", name,
+                len(interactions))
+    logger.info("%s: %d of %d items have no poster and are image-less", name,
+                sum(1 for item in items.values() if item["image"] is None), len(items))
+    return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
+                     check_images=check_images, item_order=list(items))
+
+
+def build_hm(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    protocol: str = "leave_one_out",
+    seed: int = 42,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    check_images: bool = True,
+    min_user_interactions: int = 5,
+    min_item_interactions: int = 3,
+) -> DatasetDict:
+    """H&M sample: articles with a photo, repeats dropped, iterative 5-core users / 3-core items (peer §2.2).
+
+    Items: `Name {prod_name} Appearance {graphical_appearance_name} Color {perceived_colour_value_name}
+    Section {section_name}` (reference §2.1) then `Price {median normalised transaction price, 4 decimals}`;
+    category = `{index_group_name} {product_group_name} {product_type_name}`. No ratings, no text.
+    Time = `t_dat` at 00:00 UTC.
+
+    Args:
+        data_dir: folder holding `hm-sample/`; default `default_data_dir()`.
+        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
+        seed: user shuffle seed of "user_disjoint".
+        fractions: train/validation/test user fractions of "user_disjoint".
+        check_images: decode every photo once; failures make the item image-less with one warning.
+        min_user_interactions: core threshold for customers.
+        min_item_interactions: core threshold for articles.
+
+    Returns:
+        DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
+    """
+    name = "hm-sample"
+    folder = _dataset_folder(data_dir, name)
+    transactions_path = folder / "transactions.csv"
+    frame = _read_table(transactions_path, sep=",", required=("t_dat", "customer_id", "article_id", "price"),
+                        nonempty=("t_dat", "customer_id", "article_id"))
+    dates = pd.to_datetime(frame["t_dat"], format="%Y-%m-%d", errors="coerce", utc=True)
+    if dates.isna().any():
+        row = int(dates.isna().to_numpy().nonzero()[0][0])
+        raise ValueError(f"{transactions_path}:{row + 2}: column 't_dat' value {frame['t_dat'].iat[row]!r} "
+                         "is not a YYYY-MM-DD date")
+    seconds = ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).tolist()  # resolution-proof
+    prices = pd.to_numeric(frame["price"], errors="coerce")
+    manifest_path = folder / "image_manifest.csv"
+    manifest = _read_table(manifest_path, sep=",", required=("article_id", "has_image", "image_path"),
+                           nonempty=("article_id",))
+    image_of = {article: str(folder / path) for article, has_image, path in zip(
+        manifest["article_id"], manifest["has_image"], manifest["image_path"]) if has_image == "1" and path}
+    interactions = [_Interaction(customer, article, time, row) for row, (customer, article, time) in enumerate(
+        zip(frame["customer_id"], frame["article_id"], seconds))]
+    raw_count = len(interactions)
+    interactions = [interaction for interaction in interactions if interaction.item_id in image_of]
+    logger.info("%s: dropped %d of %d transactions whose article has no image (image_manifest.csv has_image "
+                "!= 1); %d left", name, raw_count - len(interactions), raw_count, len(interactions))
+    interactions.sort(key=lambda interaction: interaction.timestamp)  # stable; a no-op on the date-sorted file
+    interactions = _drop_repeated_pairs(interactions, name)
+    interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name)
+
+    articles_path = folder / "articles.csv"
+    articles = _read_table(articles_path, sep=",", required=(
+        "article_id", "prod_name", "graphical_appearance_name", "perceived_colour_value_name", "section_name",
+        "index_group_name", "product_group_name", "product_type_name"), nonempty=("article_id",))
+    price_lists: dict[str, list[float]] = {}
+    for article, price in zip(frame["article_id"], prices):
+        if not math.isnan(price):
+            price_lists.setdefault(article, []).append(price)
+    items = OrderedDict()
+    for row in articles.itertuples(index=False):
+        article = row.article_id
+        price = f"{statistics.median(price_lists[article]):.4f}" if article in price_lists else None
+        attributes = [("Name", row.prod_name or None), ("Appearance", row.graphical_appearance_name or None),
+                      ("Color", row.perceived_colour_value_name or None), ("Section", row.section_name or None),
+                      ("Price", price)]
+        category = " ".join(part for part in (row.index_group_name, row.product_group_name,
+                                              row.product_type_name) if part) or None
+        items[article] = _make_item(article, attributes, title=row.prod_name or None, category=category,
+                                    image=image_of.get(article))
+    unknown = sorted({i.item_id for i in interactions} - set(items))
+    if unknown:
+        raise KeyError(f"{transactions_path}: article_id {unknown[0]!r} (and {len(unknown) - 1} more) "
+                       f"not in {articles_path}")
+    return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
+                     check_images=check_images, item_order=list(items))
+
+
+def _read_amazon_reviews(path: Path, row_offset: int, user_suffix: str,
+                         summaries: dict[int, tuple[int, str | None]] | None = None) -> list[_Interaction]:
+    """Reviews -> interactions; fills `summaries` (source row -> (helpful votes, summary)) when given."""
+    interactions = []
+    for line_number, row in _read_jsonl(path):
+        where = f"{path}:{line_number}"
+        if summaries is not None:
+            helpful = row.get("helpful") or [0]
+            summaries[row_offset + line_number - 1] = (int(helpful[0]), _clean_html(row.get("summary")))
+        _require_fields(row, ("reviewerID", "asin", "unixReviewTime", "overall"), where)
+        interactions.append(_Interaction(
+            user_id=f"{row['reviewerID']}{user_suffix}",
+            item_id=str(row["asin"]),
+            timestamp=_parse_timestamp(row["unixReviewTime"], where),
+            source_row=row_offset + line_number - 1,
+            rating=_parse_rating(row["overall"], where),
+            explanation=_first_sentence(row.get("reviewText"), row.get("summary")),
+        ))
+    return interactions
+
+
+def build_amazon_mi(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    protocol: str = "leave_one_out",
+    seed: int = 42,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    max_summaries: int = 8,
+) -> DatasetDict:
+    """Amazon Musical Instruments 2014 5-core: reviews with rating and text, no item metadata (peer §2.2).
+
+    Nothing is filtered (the file is already a 5-core without repeated pairs; checked and reported).
+    Explanation = the review's first sentence of >= 4 words (else the whole review, else the summary).
+    Items have no title, category or image; they are described as `ASIN {asin} Reviews {summaries}`, where
+    summaries = up to `max_summaries` review summaries of the item's *training* interactions, most helpful
+    first (ties in source order), joined by "; " — so no validation/test review leaks into item text.
+
+    Args:
+        data_dir: folder holding `amazon-mi-2014-5core/`; default `default_data_dir()`.
+        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
+        seed: user shuffle seed of "user_disjoint".
+        fractions: train/validation/test user fractions of "user_disjoint".
+        max_summaries: review summaries kept per item.
+
+    Returns:
+        DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
+    """
+    name = "amazon-mi-2014-5core"
+    path = _dataset_folder(data_dir, name) / "reviews_Musical_Instruments_5.json.gz"
+    summaries: dict[int, tuple[int, str | None]] = {}  # source row -> (helpful votes, summary)
+    interactions = _read_amazon_reviews(path, 0, "", summaries)
+    repeated = len(interactions) - len({(i.user_id, i.item_id) for i in interactions})
+    user_counts = Counter(i.user_id for i in interactions)
+    item_counts = Counter(i.item_id for i in interactions)
+    if repeated or min(user_counts.values()) < 5 or min(item_counts.values()) < 5:
+        warnings.warn(f"{path}: not a clean 5-core ({repeated} repeated pairs, min user degree "
+                      f"{min(user_counts.values())}, min item degree {min(item_counts.values())}); kept as is",
+                      UserWarning, stacklevel=2)
+    logger.info("%s: %d reviews, %d users, %d items; nothing filtered (already 5-core, no repeated pairs)",
+                name, len(interactions), len(user_counts), len(item_counts))
+
+    def describe_items(training: list[_Interaction]) -> dict[str, dict]:
+        known: dict[str, list[tuple[int, int, str]]] = {}
+        for interaction in training:
+            votes, summary = summaries[interaction.source_row]
+            if summary:
+                known.setdefault(interaction.item_id, []).append((-votes, interaction.source_row, summary))
+        items = {}
+        for item_id in item_counts:
+            texts = [summary for _, _, summary in sorted(known.get(item_id, []))[:max_summaries]]
+            items[item_id] = _make_item(item_id, [("ASIN", item_id), ("Reviews", "; ".join(texts) or None)])
+        return items
+
+    return _assemble(name, interactions, describe_items, protocol=protocol, seed=seed, fractions=fractions,
+                     check_images=False)
+
+
+def _amazon_2018_item(meta: Mapping[str, Any], category: str) -> dict:
+    """`Category Price Brand Title` (reference §2.1); a junk HTML title becomes `Description {description[0]}`."""
+    raw_title = meta.get("title")
+    junk_title = raw_title is not None and bool(re.search(r"<[A-Za-z/!]", html.unescape(str(raw_title))))
+    title = None if junk_title else _clean_html(raw_title)
+    path: list[str] = []
+    for part in meta.get("category") or [category.replace("_", " ")]:
+        part = _clean_html(part)
+        if part and part not in path:  # 2018 paths repeat levels ("Gift Cards", "Gift Cards")
+            path.append(part)
+    category_path = " ".join(path) or None
+    attributes = [("Category", category_path), ("Price", _clean_html(meta.get("price"))),
+                  ("Brand", _clean_html(meta.get("brand")))]
+    if title is not None:
+        attributes.append(("Title", title))
+    else:  # PROVENANCE: Magazine titles are scraped HTML; describe by description[0] + brand + category
+        descriptions = [_clean_html(text) for text in meta.get("description") or []]
+        attributes.append(("Description", next((text for text in descriptions if text), None)))
+    return _make_item(str(meta["asin"]), attributes, title=title, category=category_path)
+
+
+def build_amazon_2018(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    categories: Iterable[str] = AMAZON_2018_CATEGORIES,
+    protocol: str = "leave_one_out",
+    seed: int = 42,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    min_user_interactions: int = 5,
+    min_item_interactions: int = 5,
+) -> DatasetDict:
+    """Amazon 2018 small 5-core files (Gift Cards, Magazine Subscriptions), reviews + product metadata.
+
+    Users are keyed `{reviewerID}_{category}`, so sequences never cross categories (reference §5.1). Repeated
+    (user, item) rows are dropped keeping the first, then an iterative 5-core is re-applied (the shipped
+    files have users with 3 reviews). Metadata is deduplicated on asin (first row kept) and HTML-unescaped;
+    items are `Category {path} Price {price} Brand {brand} Title {title}`, where an HTML-junk title (almost
+    every Magazine item, see its PROVENANCE) is replaced by `Description {description[0]}`. Items without a
+    metadata row keep only their asin with Unknown attributes. The meta files hold image URLs, not files,
+    so every item is image-less. Explanation = the review's first sentence of >= 4 words.
+
+    Args:
+        data_dir: folder holding `amazon-2018-small-5core/`; default `default_data_dir()`.
+        categories: file stems to combine, in this order.
+        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
+        seed: user shuffle seed of "user_disjoint".
+        fractions: train/validation/test user fractions of "user_disjoint".
+        min_user_interactions: core threshold for users.
+        min_item_interactions: core threshold for items.
+
+    Returns:
+        DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
+    """
+    name = "amazon-2018-small-5core"
+    folder = _dataset_folder(data_dir, name)
+    interactions: list[_Interaction] = []
+    items: dict[str, dict] = {}
+    for category in categories:
+        reviews = _read_amazon_reviews(folder / f"{category}_5.json.gz", len(interactions), f"_{category}")
+        interactions.extend(reviews)
+        duplicates = 0
+        for line_number, meta in _read_jsonl(folder / f"meta_{category}.json.gz"):
+            _require_fields(meta, ("asin",), f"{folder / f'meta_{category}.json.gz'}:{line_number}")
+            if str(meta["asin"]) in items:
+                duplicates += 1
+                continue
+            items[str(meta["asin"])] = _amazon_2018_item(meta, category)
+        logger.info("%s: meta_%s has %d duplicate asin rows, dropped keeping the first", name, category,
+                    duplicates)
+        missing = {i.item_id for i in reviews} - set(items)
+        for item_id in sorted(missing):
+            items[item_id] = _make_item(item_id, [("Category", category.replace("_", " ")), ("Price", None),
+                                                  ("Brand", None), ("Title", None)],
+                                        category=category.replace("_", " "))
+        logger.info("%s: %d reviewed %s items have no metadata row; they keep Unknown attributes", name,
+                    len(missing), category)
+    interactions = _drop_repeated_pairs(interactions, name)
+    interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name)
+    return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
+                     check_images=False)
+
+
+def _read_records(path: Path) -> Iterable[tuple[int, dict]]:
+    """(line or row number, dict) from .jsonl/.json(.gz) lines or .parquet (row number 1-based)."""
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing")
+        frame = pd.read_parquet(path)
+        for row_number, row in enumerate(frame.to_dict(orient="records"), start=1):
+            yield row_number, {key: (None if _is_nan(value) else value) for key, value in row.items()}
+    else:
+        yield from _read_jsonl(path)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _parse_attributes(value: Any, where: str) -> list[tuple[str, Any]]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [(str(key), item) for key, item in value.items()]
+    if hasattr(value, "tolist"):  # parquet gives numpy arrays of structs
+        value = value.tolist()
+    if isinstance(value, list):
+        pairs = []
+        for entry in value:
+            if isinstance(entry, Mapping) and "key" in entry:
+                pairs.append((str(entry["key"]), entry.get("value")))
+            elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+                pairs.append((str(entry[0]), entry[1]))
+            else:
+                raise ValueError(f"{where}: field 'attributes' entry {entry!r} is not a (key, value) pair")
+        return pairs
+    raise ValueError(f"{where}: field 'attributes' must be an object or a list of (key, value) pairs")
+
+
+def build_generic(
+    interactions_path: str | os.PathLike,
+    items_path: str | os.PathLike,
+    *,
+    name: str = "custom",
+    image_root: str | os.PathLike | None = None,
+    protocol: str = "leave_one_out",
+    seed: int = 42,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    check_images: bool = True,
+    drop_repeated_pairs: bool = True,
+) -> DatasetDict:
+    """Your own data, as JSON lines (`.jsonl`, `.json`, optionally `.gz`) or Parquet, in this schema.
+
+    Interactions, one per line/row: `user_id` (str|int), `item_id` (str|int), `timestamp` (Unix seconds or
+    an ISO date; ties keep file order), optional `rating` (int 1-5), optional `explanation` (str).
+    Items, one per line/row: `item_id`, optional `title`, optional `category` (path used as search query),
+    `attributes` (an ordered object {key: value} or a list of {"key", "value"}), optional `image` (a file
+    path; relative paths resolve against `image_root`, default the items file's folder).
+
+    Args:
+        interactions_path: the interactions file.
+        items_path: the items file; every interacted item must be in it.
+        name: dataset name, used in messages and as the RecBole export name.
+        image_root: folder for relative image paths.
+        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
+        seed: user shuffle seed of "user_disjoint".
+        fractions: train/validation/test user fractions of "user_disjoint".
+        check_images: decode every image once; failures make the item image-less with one warning.
+        drop_repeated_pairs: keep only the first interaction of each (user, item) pair.
+
+    Returns:
+        DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
+
+    Raises:
+        ValueError: a malformed line/row (named by file and line), or a repeated item id.
+        KeyError: an interaction names an item missing from the items file.
+    """
+    items_path, interactions_path = Path(items_path), Path(interactions_path)
+    root = Path(image_root) if image_root is not None else items_path.parent
+    items: dict[str, dict] = {}
+    for line_number, row in _read_records(items_path):
+        where = f"{items_path}:{line_number}"
+        _require_fields(row, ("item_id",), where)
+        item_id = str(row["item_id"])
+        if item_id in items:
+            raise ValueError(f"{where}: item_id {item_id!r} appears a second time")
+        image = row.get("image")
+        if image is not None and not isinstance(image, str):
+            raise ValueError(f"{where}: field 'image' must be a file path string, got {type(image).__name__}")
+        items[item_id] = _make_item(item_id, _parse_attributes(row.get("attributes"), where),
+                                    title=None if row.get("title") is None else str(row["title"]),
+                                    category=None if row.get("category") is None else str(row["category"]),
+                                    image=str(root / image) if image else None)
+    interactions = []
+    for line_number, row in _read_records(interactions_path):
+        where = f"{interactions_path}:{line_number}"
+        _require_fields(row, ("user_id", "item_id", "timestamp"), where)
+        item_id = str(row["item_id"])
+        if item_id not in items:
+            raise KeyError(f"{where}: item_id {item_id!r} is not in {items_path}")
+        explanation = row.get("explanation")
+        if explanation is not None and not isinstance(explanation, str):
+            raise ValueError(f"{where}: field 'explanation' must be a string, got {type(explanation).__name__}")
+        interactions.append(_Interaction(str(row["user_id"]), item_id, _parse_timestamp(row["timestamp"], where),
+                                         len(interactions), _parse_rating(row.get("rating"), where),
+                                         explanation or None))
+    if drop_repeated_pairs:
+        interactions = _drop_repeated_pairs(interactions, name)
+    return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
+                     check_images=check_images, item_order=list(items))
+
+
+_BUILDERS: dict[str, Callable[..., DatasetDict]] = {
+    "ml-100k-posters": build_ml100k,
+    "hm-sample": build_hm,
+    "amazon-mi-2014-5core": build_amazon_mi,
+    "amazon-2018-small-5core": build_amazon_2018,
+}
+
+
+def load_unimp_dataset(name: str, data_dir: str | os.PathLike | None = None, **kwargs: Any) -> DatasetDict:
+    """Build one of DATASET_NAMES (RecBole names `ml100k`, `hm`, `amazon-mi` are accepted too).
+
+    Args:
+        name: a DATASET_NAMES entry or its RECBOLE_NAMES value.
+        data_dir: raw-data folder; default `default_data_dir()`.
+        **kwargs: passed to the builder (protocol, seed, fractions, check_images, ...).
+
+    Returns:
+        the builder's DatasetDict.
+    """
+    by_recbole_name = {value: key for key, value in RECBOLE_NAMES.items()}
+    builder = _BUILDERS.get(by_recbole_name.get(name, name))
+    if builder is None:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES} or use build_generic")
+    return builder(data_dir, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Task records for prompt_templates.render_record
+# ----------------------------------------------------------------------------------------------
+
+def items_by_id(items: Dataset | Iterable[Mapping[str, Any]], *, decode_images: bool = False) -> dict[str, dict]:
+    """The item table as prompt-template items: item_id -> {item_id, title, category, attributes, image}.
+
+    Args:
+        items: the "items" split (or dicts with ITEM_FEATURES fields).
+        decode_images: give PIL images instead of file paths (images stay lazy paths by default).
+
+    Returns:
+        dict real item_id -> item dict; `image` is a path str, a PIL image, or None.
+    """
+    if isinstance(items, Dataset) and not decode_images:
+        items = items.cast_column("image", Image(decode=False))
+    table = {}
+    for item in items:
+        image = item.get("image")
+        if isinstance(image, Mapping):  # undecoded datasets.Image value
+            if image.get("path") and os.path.exists(image["path"]):
+                image = image["path"]
+            elif image.get("bytes") is not None:  # e.g. after save_to_disk embedded the bytes
+                image = Image().decode_example(dict(image))
+            else:
+                image = None
+        attributes = [(entry["key"], entry["value"]) if isinstance(entry, Mapping) else tuple(entry)
+                      for entry in item.get("attributes") or []]
+        table[item["item_id"]] = {"item_id": item["item_id"], "title": item.get("title"),
+                                  "category": item.get("category"), "attributes": attributes, "image": image}
+    return table
+
+
+def collect_touched_item_ids(dataset_dict: Mapping[str, Dataset]) -> dict[str, set[str]]:
+    """user -> every item the user interacted with in any user split (negatives must avoid all of them).
+
+    Args:
+        dataset_dict: a builder's DatasetDict.
+
+    Returns:
+        dict user_id -> set of item ids.
+    """
+    touched: dict[str, set[str]] = {}
+    for split in USER_SPLITS:
+        if split in dataset_dict:
+            for user, history, target in zip(dataset_dict[split]["user_id"], dataset_dict[split]["history_item_ids"],
+                                             dataset_dict[split]["target_item_id"]):
+                touched.setdefault(user, set()).update(history, [target])
+    return touched
+
+
+class _Step(NamedTuple):
+    item_id: str
+    rating: int | None
+    explanation: str | None
+
+
+def _row_steps(row: Mapping[str, Any]) -> list[_Step]:
+    """The row's sequence, history then target, each step with its rating and explanation."""
+    history = row["history_item_ids"]
+    if not history:
+        raise ValueError(f"user {row.get('user_id')!r}: field 'history_item_ids' is empty; every task needs at "
+                         "least one history item")
+    ratings = row.get("history_ratings") or [None] * len(history)
+    explanations = row.get("history_explanations") or [None] * len(history)
+    steps = [_Step(*step) for step in zip(history, ratings, explanations)]
+    steps.append(_Step(row["target_item_id"], row.get("target_rating"), row.get("target_explanation")))
+    return steps
+
+
+def _record_item(lookup: Mapping[str, dict], step: _Step, user_id: str, field: str, **extra) -> dict:
+    if step.item_id not in lookup:
+        raise KeyError(f"user {user_id!r}: {field} item_id {step.item_id!r} is not in the item table")
+    item = dict(lookup[step.item_id])
+    item.update(extra)
+    return item
+
+
+def _as_lookup(items) -> Mapping[str, dict]:
+    if isinstance(items, Mapping):
+        return items
+    return items_by_id(items)
+
+
+def _is_train(split: str) -> bool:
+    if split not in (TRAIN_SPLIT, "validation", "test"):
+        raise ValueError(f"split={split!r} must be 'train', 'validation' or 'test'")
+    return split == TRAIN_SPLIT
+
+
+def _window_ends(num_steps: int, max_history_items: int, num_windows: int | None, rng: random.Random) -> list[int]:
+    """Target positions of training windows over a sequence of `num_steps` (each keeps >= 1 history item).
+
+    None = every position 1..n-1 (sliding windows); k = k distinct positions drawn among those with a
+    full history of `max_history_items` (all positions when the sequence is shorter), sorted.
+    """
+    if num_steps < 2:
+        return []
+    if num_windows is None:
+        return list(range(1, num_steps))
+    first_full = min(max_history_items, num_steps - 1)
+    candidates = list(range(first_full, num_steps))
+    return sorted(rng.sample(candidates, min(num_windows, len(candidates))))
+
+
+def _user_rng(seed: int, task: str, user_id: str) -> random.Random:
+    # one generator per (seed, task, user): a user's examples do not move when other users change
+    return random.Random(f"{seed}:{task}:{user_id}")
+
+
+def _sequence_records(
+    rows, items, *, task: str, split: str, max_history_items: int, num_windows_per_user: int | None, seed: int,
+    make_record: Callable[[str, list[_Step], _Step, Mapping[str, dict]], dict | None],
+    keep_step: Callable[[_Step], bool] = lambda step: True,
+) -> list[dict]:
+    """Shared windowing of rec / exp / search / imggen: history = the most recent `max_history_items`."""
+    if max_history_items < 1:
+        raise ValueError(f"max_history_items={max_history_items} must be >= 1")
+    is_train = _is_train(split)
+    lookup = _as_lookup(items)
+    records, skipped_steps, skipped_users = [], 0, 0
+    for row in rows:
+        user_id = row["user_id"]
+        all_steps = _row_steps(row)
+        steps = [step for step in all_steps if keep_step(step)]
+        skipped_steps += len(all_steps) - len(steps)
+        if is_train:
+            rng = _user_rng(seed, task, user_id)
+            ends = _window_ends(len(steps), max_history_items, num_windows_per_user, rng)
+        else:  # the row's own target; the history budget keeps the most recent items
+            ends = [len(steps) - 1] if len(steps) >= 2 and steps[-1] is all_steps[-1] else []
+        if not ends:
+            skipped_users += 1
+        for end in ends:
+            record = make_record(user_id, steps[max(0, end - max_history_items):end], steps[end], lookup)
+            if record is not None:
+                records.append(record)
+    if skipped_steps or skipped_users:
+        logger.info("%s %s records: skipped %d interactions the task cannot use and %d users left without a "
+                    "usable (history, target)", task, split, skipped_steps, skipped_users)
+    return records
+
+
+def build_recommendation_records(
+    rows: Iterable[Mapping[str, Any]],
+    items: Dataset | Mapping[str, dict],
+    *,
+    split: str,
+    max_history_items: int = 5,
+    num_windows_per_user: int | None = 1,
+    seed: int = 0,
+) -> list[dict]:
+    """Sequential recommendation records (reference §2.2 i) for `render_record`.
+
+    Training: windows over each row's sequence (history + target); the windows' history items are
+    labelled, which `render_record` turns into context reconstruction. Evaluation: the row's target,
+    after its `max_history_items` most recent history items.
+
+    Args:
+        rows: a user split (USER_ROW_FEATURES rows).
+        items: the "items" split or an `items_by_id` mapping.
+        split: "train", "validation" or "test" (selects windowing vs the row's target).
+        max_history_items: history budget; the most recent items are kept.
+        num_windows_per_user: training windows per user with a full history, drawn with the seed;
+            None = every sliding window (target positions 1..n-1).
+        seed: seed of the window draw.
+
+    Returns:
+        records {"task": "rec", "user_id", "history": [item, ...], "target": item}.
+    """
+    def make_record(user_id, history, target, lookup):
+        return {"task": "rec", "user_id": user_id,
+                "history": [_record_item(lookup, step, user_id, "history") for step in history],
+                "target": _record_item(lookup, target, user_id, "target")}
+
+    return _sequence_records(rows, items, task="rec", split=split, max_history_items=max_history_items,
+                             num_windows_per_user=num_windows_per_user, seed=seed, make_record=make_record)
+
+
+def build_explanation_records(
+    rows: Iterable[Mapping[str, Any]],
+    items: Dataset | Mapping[str, dict],
+    *,
+    split: str,
+    max_history_items: int = 4,
+    num_windows_per_user: int | None = 1,
+    seed: int = 0,
+) -> list[dict]:
+    """Rating + explanation records (task "exp", reference §2.2 ii-iii) for `render_record`.
+
+    Only interactions with a rating are used; the explanation is the row's text (None gives a rating-only
+    answer, as on ML-100K). Evaluation rows whose target has no rating are skipped (reported).
+
+    Args:
+        rows: a user split (USER_ROW_FEATURES rows).
+        items: the "items" split or an `items_by_id` mapping.
+        split: "train", "validation" or "test".
+        max_history_items: history budget; the most recent rated items are kept.
+        num_windows_per_user: training windows per user (None = every window).
+        seed: seed of the window draw.
+
+    Returns:
+        records {"task": "exp", "user_id", "history": [item + rating/explanation], "target": item + ...}.
+    """
+    rows = list(rows)
+    if rows and not any(row.get("target_rating") is not None for row in rows):
+        raise ValueError("the exp task needs ratings, and no row of this split has a target_rating "
+                         "(H&M has none)")
+
+    def make_record(user_id, history, target, lookup):
+        def with_rating(step, field):
+            return _record_item(lookup, step, user_id, field, rating=step.rating, explanation=step.explanation)
+
+        return {"task": "exp", "user_id": user_id,
+                "history": [with_rating(step, "history") for step in history],
+                "target": with_rating(target, "target")}
+
+    return _sequence_records(rows, items, task="exp", split=split, max_history_items=max_history_items,
+                             num_windows_per_user=num_windows_per_user, seed=seed, make_record=make_record,
+                             keep_step=lambda step: step.rating is not None)
+
+
+def item_query(item: Mapping[str, Any], *, source: str = "category") -> str:
+    """The search query for a target item (reference §2.2 v).
+
+    "category": the category/genre path, falling back to title keywords; "title": title keywords
+    (title words minus a few stopwords), falling back to the category. With neither (Amazon MI), the
+    item's attribute values except its "ASIN" identifier (the review summaries).
+
+    Args:
+        item: item dict (title, category, attributes).
+        source: "category" or "title".
+
+    Returns:
+        the query text ("" only for an item with no text at all).
+    """
+    if source not in ("category", "title"):
+        raise ValueError(f"source={source!r} must be 'category' or 'title'")
+    category = item.get("category") or ""
+    keywords = _title_keywords(item.get("title"))
+    first, second = (category, keywords) if source == "category" else (keywords, category)
+    if first or second:
+        return first or second
+    values = [value for key, value in item.get("attributes") or [] if key != "ASIN" and value]
+    return " ".join(" ".join(str(value).split()) for value in values)
+
+
+def build_search_records(
+    rows: Iterable[Mapping[str, Any]],
+    items: Dataset | Mapping[str, dict],
+    *,
+    split: str,
+    max_history_items: int = 5,
+    num_windows_per_user: int | None = 1,
+    seed: int = 0,
+    query_source: str = "category",
+) -> list[dict]:
+    """Personalized search records (reference §2.2 v): the recommendation windows plus a query.
+
+    Args:
+        rows: a user split (USER_ROW_FEATURES rows).
+        items: the "items" split or an `items_by_id` mapping.
+        split: "train", "validation" or "test".
+        max_history_items: history budget; the most recent items are kept.
+        num_windows_per_user: training windows per user (None = every window).
+        seed: seed of the window draw.
+        query_source: "category" or "title", see `item_query`.
+
+    Returns:
+        records {"task": "search", "user_id", "history", "target", "query"}.
+    """
+    def make_record(user_id, history, target, lookup):
+        target_item = _record_item(lookup, target, user_id, "target")
+        return {"task": "search", "user_id": user_id,
+                "history": [_record_item(lookup, step, user_id, "history") for step in history],
+                "target": target_item, "query": item_query(target_item, source=query_source)}
+
+    return _sequence_records(rows, items, task="search", split=split, max_history_items=max_history_items,
+                             num_windows_per_user=num_windows_per_user, seed=seed, make_record=make_record)
+
+
+def build_image_generation_records(
+    rows: Iterable[Mapping[str, Any]],
+    items: Dataset | Mapping[str, dict],
+    *,
+    image_codes: Mapping[str, str],
+    split: str,
+    max_history_items: int = 2,
+    num_windows_per_user: int | None = 1,
+    seed: int = 0,
+) -> list[dict]:
+    """User-guided image generation records (reference §2.2 vi); items without codes are skipped.
+
+    Args:
+        rows: a user split (USER_ROW_FEATURES rows).
+        items: the "items" split or an `items_by_id` mapping.
+        image_codes: item_id -> the item's image code string (from an image tokenizer).
+        split: "train", "validation" or "test".
+        max_history_items: history budget.
+        num_windows_per_user: training windows per user (None = every window).
+        seed: seed of the window draw.
+
+    Returns:
+        records {"task": "imggen", "user_id", "history", "target", "query"} with `image_codes` on items.
+    """
+    def make_record(user_id, history, target, lookup):
+        def with_codes(step, field):
+            return _record_item(lookup, step, user_id, field, image_codes=image_codes[step.item_id])
+
+        target_item = with_codes(target, "target")
+        return {"task": "imggen", "user_id": user_id, "history": [with_codes(step, "history") for step in history],
+                "target": target_item, "query": item_query(target_item, source="title")}
+
+    return _sequence_records(rows, items, task="imggen", split=split, max_history_items=max_history_items,
+                             num_windows_per_user=num_windows_per_user, seed=seed, make_record=make_record,
+                             keep_step=lambda step: bool(image_codes.get(step.item_id)))
+
+
+def build_selection_records(
+    rows: Iterable[Mapping[str, Any]],
+    items: Dataset | Mapping[str, dict],
+    *,
+    split: str,
+    max_history_items: int = 4,
+    num_candidates: int = 3,
+    two_positive_probability: float = 0.4,
+    touched_item_ids: Mapping[str, Collection[str]] | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Item selection records (reference §2.2 iv): pick the user's next item(s) among shuffled candidates.
+
+    One positive (the window's target) with probability 1 - `two_positive_probability`, else two (the
+    target and the item before it, the original's 0.6 / 0.4); the other candidates are negatives drawn
+    from items the user never touched. Training draws a window per user; evaluation uses the row's
+    target. Draws, negatives and slot order all come from the seed.
+
+    Args:
+        rows: a user split (USER_ROW_FEATURES rows).
+        items: the "items" split or an `items_by_id` mapping (its order is the negative pool's order).
+        split: "train", "validation" or "test".
+        max_history_items: history items before the positives.
+        num_candidates: candidates shown, 2 to 5 (slot tokens `s_0`..`s_4`).
+        two_positive_probability: chance of a second positive.
+        touched_item_ids: user -> every item the user touched (see `collect_touched_item_ids`); default
+            the row's own items, which under leave-one-out misses the later splits' items.
+        seed: seed of every draw.
+
+    Returns:
+        records {"task": "select", "user_id", "history", "candidates", "answer_slots"}.
+    """
+    if not 2 <= num_candidates <= 5:
+        raise ValueError(f"num_candidates={num_candidates} must be 2 to 5 (one slot token s_i each)")
+    is_train = _is_train(split)
+    lookup = _as_lookup(items)
+    catalogue = list(lookup)
+    records, skipped = [], 0
+    for row in rows:
+        user_id = row["user_id"]
+        steps = _row_steps(row)
+        rng = _user_rng(seed, "select", user_id)
+        if is_train:
+            ends = _window_ends(len(steps), max_history_items + 1, 1, rng)
+            if not ends:
+                skipped += 1
+                continue
+            end = ends[0]
+        else:
+            end = len(steps) - 1
+        num_positives = 2 if end >= 2 and rng.random() < two_positive_probability else 1
+        num_positives = min(num_positives, num_candidates - 1)
+        positives = steps[end - num_positives + 1:end + 1]
+        history = steps[max(0, end - num_positives + 1 - max_history_items):end - num_positives + 1]
+        if not history:
+            skipped += 1
+            continue
+        touched = set(touched_item_ids.get(user_id, ())) if touched_item_ids is not None else set()
+        touched.update(step.item_id for step in steps)
+        if len(catalogue) - len(touched & set(catalogue)) < num_candidates - num_positives:
+            raise ValueError(f"user {user_id!r}: fewer than {num_candidates - num_positives} untouched items "
+                             "to draw negatives from")
+        negatives: list[str] = []
+        while len(negatives) < num_candidates - num_positives:
+            item_id = catalogue[rng.randrange(len(catalogue))]
+            if item_id not in touched and item_id not in negatives:
+                negatives.append(item_id)
+        candidates = [(step.item_id, True) for step in positives] + [(item_id, False) for item_id in negatives]
+        rng.shuffle(candidates)
+        records.append({
+            "task": "select", "user_id": user_id,
+            "history": [_record_item(lookup, step, user_id, "history") for step in history],
+            "candidates": [_record_item(lookup, _Step(item_id, None, None), user_id, "candidates")
+                           for item_id, _ in candidates],
+            "answer_slots": [slot for slot, (_, positive) in enumerate(candidates) if positive],
+        })
+    if skipped:
+        logger.info("select %s records: skipped %d users too short for a history before the positives",
+                    split, skipped)
+    return records
+
+
+_TASK_BUILDERS = {
+    "rec": build_recommendation_records,
+    "exp": build_explanation_records,
+    "select": build_selection_records,
+    "search": build_search_records,
+}
+
+
+def build_task_records(dataset_dict: Mapping[str, Dataset], task: str, split: str, **kwargs: Any) -> list[dict]:
+    """Records of one task from a builder's DatasetDict (items and touched sets taken from it).
+
+    Args:
+        dataset_dict: a builder's DatasetDict (user splits + "items").
+        task: "rec", "exp", "select" or "search" (imggen needs codes: call its builder directly).
+        split: "train", "validation" or "test".
+        **kwargs: passed to the task's builder (max_history_items, seed, ...).
+
+    Returns:
+        the records, ready for `prompt_templates.render_record`.
+    """
+    if task not in _TASK_BUILDERS:
+        raise ValueError(f"task={task!r} must be one of {tuple(_TASK_BUILDERS)}")
+    items = items_by_id(dataset_dict[ITEMS_SPLIT])
+    if task == "select" and "touched_item_ids" not in kwargs:
+        kwargs["touched_item_ids"] = collect_touched_item_ids(dataset_dict)
+    return _TASK_BUILDERS[task](dataset_dict[split], items, split=split, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# RecBole atomic export (peer_protocol.md §2)
+# ----------------------------------------------------------------------------------------------
+
+def _all_interactions(dataset_dict: Mapping[str, Dataset]) -> list[tuple[int, str, str, int]]:
+    """(source row, user, item, time) of every interaction, in source order, from the user splits."""
+    by_row: dict[int, tuple[int, str, str, int]] = {}
+    for split in USER_SPLITS:
+        rows = dataset_dict[split]
+        columns = [rows[c] for c in ("user_id", "history_item_ids", "history_timestamps", "history_source_rows",
+                                     "target_item_id", "target_timestamp", "target_source_row")]
+        for user, items, times, source_rows, target, target_time, target_row in zip(*columns):
+            for item, time, source_row in zip((*items, target), (*times, target_time), (*source_rows, target_row)):
+                by_row[source_row] = (source_row, user, item, time)
+    return [by_row[row] for row in sorted(by_row)]
+
+
+def export_recbole_atomic(
+    dataset_dict_or_name: Mapping[str, Dataset] | str,
+    out_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    recbole_name: str | None = None,
+) -> Path:
+    """Write RecBole atomic files and the exact leave-one-out split (peer_protocol.md §2).
+
+    `<out>/<ds>/<ds>.inter`: `user_id:token item_id:token timestamp:float unix_time:token`, rows in source
+    order, timestamp = dense rank of the Unix time over the file (1 = earliest). `<ds>.split.tsv`: one row
+    per user (first-appearance order): `user_id`, `train_items` (space-separated, chronological),
+    `valid_item`, `test_item`, from the (time, source row) order. For ml100k also `<ds>.item`:
+    `item_id:token release_year:token class:token_seq`.
+
+    Args:
+        dataset_dict_or_name: a builder's DatasetDict (either protocol: the files cover every interaction
+            of its user splits) or a dataset name, built here with the leave-one-out protocol.
+        out_dir: parent folder; `<out>/<ds>/` is created.
+        data_dir: raw-data folder when a name is given.
+        recbole_name: `<ds>`; default RECBOLE_NAMES of the dataset (the generic builder's name otherwise).
+
+    Returns:
+        the folder `<out>/<ds>`.
+    """
+    if isinstance(dataset_dict_or_name, str):
+        dataset_dict = load_unimp_dataset(dataset_dict_or_name, data_dir)
+    else:
+        dataset_dict = dataset_dict_or_name
+    source_name = dataset_dict[USER_SPLITS[0]].info.dataset_name or "custom"
+    name = recbole_name or RECBOLE_NAMES.get(source_name, source_name)
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    interactions = _all_interactions(dataset_dict)
+    rank_of = {time: rank for rank, time in enumerate(sorted({time for *_, time in interactions}), start=1)}
+    with open(folder / f"{name}.inter", "w", encoding="utf-8") as handle:
+        handle.write("user_id:token\titem_id:token\ttimestamp:float\tunix_time:token\n")
+        for _, user, item, time in interactions:
+            handle.write(f"{user}\t{item}\t{rank_of[time]}\t{time}\n")
+    sequences: dict[str, list[tuple[int, int, str]]] = {}
+    for source_row, user, item, time in interactions:
+        sequences.setdefault(user, []).append((time, source_row, item))
+    with open(folder / f"{name}.split.tsv", "w", encoding="utf-8") as handle:
+        handle.write("user_id\ttrain_items\tvalid_item\ttest_item\n")
+        for user, sequence in sequences.items():
+            ordered = [item for *_, item in sorted(sequence)]
+            if len(ordered) < 3:
+                raise ValueError(f"user {user!r} has {len(ordered)} interactions; leave-one-out needs >= 3")
+            handle.write(f"{user}\t{' '.join(ordered[:-2])}\t{ordered[-2]}\t{ordered[-1]}\n")
+    if name == "ml100k":
+        with open(folder / f"{name}.item", "w", encoding="utf-8") as handle:
+            handle.write("item_id:token\trelease_year:token\tclass:token_seq\n")
+            for item_id, attributes in zip(dataset_dict[ITEMS_SPLIT]["item_id"],
+                                           dataset_dict[ITEMS_SPLIT]["attributes"]):
+                values = {entry["key"]: entry["value"] or "" for entry in attributes}
+                handle.write(f"{item_id}\t{values.get('Release Date', '')}\t{values.get('Genres', '')}\n")
+    logger.info("exported %d interactions of %d users to %s", len(interactions), len(sequences), folder)
+    return folder
+
+
+__all__ = [
+    "AMAZON_2018_CATEGORIES",
+    "DATASET_NAMES",
+    "ITEMS_SPLIT",
+    "ITEM_FEATURES",
+    "MIN_USER_INTERACTIONS",
+    "PROTOCOLS",
+    "RECBOLE_NAMES",
+    "USER_ROW_FEATURES",
+    "USER_SPLITS",
+    "build_amazon_2018",
+    "build_amazon_mi",
+    "build_explanation_records",
+    "build_generic",
+    "build_hm",
+    "build_image_generation_records",
+    "build_ml100k",
+    "build_recommendation_records",
+    "build_search_records",
+    "build_selection_records",
+    "build_task_records",
+    "collect_touched_item_ids",
+    "default_data_dir",
+    "export_recbole_atomic",
+    "item_query",
+    "items_by_id",
+    "load_unimp_dataset",
+]
