@@ -400,6 +400,9 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
     ) -> UniMPCausalLMOutputWithPast:
         """Same inputs as `UniMPModel.forward`, plus `labels` (B, T) with -100 where unsupervised.
 
+        `logits_to_keep` is an int (the last k positions), a 1-D index tensor of positions, or a (B, T) bool mask
+        selecting (row, token) pairs; the mask returns logits of shape (n, V) (the trainer's answer positions).
+
         `**kwargs` stays in the signature so that `Trainer` passes `num_items_in_batch` (STYLE.md §4).
         Returns: `UniMPCausalLMOutputWithPast` with `logits` (B, T, V).
         """
@@ -417,8 +420,11 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            logits = self.lm_head(hidden_states[logits_to_keep])  # (n, V): only the selected (row, token) pairs
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -445,6 +451,18 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
             raise ValueError("config.item_token_start_id/num_items are unset: build the processor's catalogue first")
         start = self.config.item_token_start_id
         return logits[..., start : start + self.config.num_items]
+
+    @torch.no_grad()
+    def score_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+        """Exact full-catalogue scores at the end of left-padded prompts that stop right after `<answer>`.
+
+        Args: the processor's batch for prompts ending in `<answer>` (left padding: position -1 is the answer slot).
+        Returns: (B, num_items) item-token logits.
+        """
+        if attention_mask is not None and not attention_mask[:, -1].all():
+            raise ValueError("score_items needs left-padded prompts (padding_side='left') ending at <answer>")
+        outputs = self(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False, **inputs)
+        return self.item_logits(outputs.logits[:, -1])
 
     @torch.no_grad()
     def generate(self, inputs=None, generation_config=None, **kwargs):

@@ -25,6 +25,8 @@ def focal_token_loss(
     token_weights: torch.Tensor | None = None,
     gamma: float = 2.0,
     num_items_in_batch: int | torch.Tensor | None = None,
+    *,
+    shift: bool = True,
 ) -> torch.Tensor:
     """Task-weighted focal next-token loss (reference §3.3-§3.4).
 
@@ -41,10 +43,14 @@ def focal_token_loss(
             None means 1 everywhere.
         gamma: the focal exponent γ (2 in every released script).
         num_items_in_batch: the normaliser n.
+        shift: False when `logits[:, t]` already predicts `labels[:, t]` (the caller gathered positions).
     Returns: a scalar tensor.
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+        token_weights = token_weights[:, 1:] if token_weights is not None else None
+    shift_logits = logits.float()
+    shift_labels = labels
     supervised = shift_labels != IGNORE_INDEX
     log_probs = -F.cross_entropy(
         shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none"
@@ -53,7 +59,7 @@ def focal_token_loss(
     if gamma != 0:
         per_token = per_token * (1.0 - log_probs.exp()).pow(gamma)
     if token_weights is not None:
-        per_token = per_token * token_weights[:, 1:].to(per_token.dtype)
+        per_token = per_token * token_weights.to(per_token.dtype)
     per_token = per_token * supervised
     normaliser = supervised.sum() if num_items_in_batch is None else num_items_in_batch
     normaliser = torch.as_tensor(normaliser, device=per_token.device, dtype=per_token.dtype).clamp(min=1)
@@ -125,17 +131,49 @@ class UniMPTrainingArguments(TrainingArguments):
 
 
 class UniMPTrainer(Trainer):
-    """`Trainer` whose loss is `focal_token_loss`; it only routes tensors to it (STYLE.md §8.8)."""
+    """`Trainer` whose loss is `focal_token_loss`; it only routes tensors to it (STYLE.md §8.8).
+
+    Args:
+        evaluation_fn: optional `model -> {metric: value}` used by `evaluate()` instead of the loss-based loop,
+            e.g. exact full-ranking NDCG@10 on the validation split, so that `metric_for_best_model="ndcg@10"`
+            and `load_best_model_at_end` select checkpoints on validation ranking quality.
+    """
 
     loss_is_scaled_for_ga = True  # we divide by num_items_in_batch, counted over the accumulated batch
+
+    def __init__(self, *args, evaluation_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.evaluation_fn = evaluation_fn
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        if self.evaluation_fn is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            raw = self.evaluation_fn(self.model)
+        finally:
+            self.model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{key}": float(value) for key, value in raw.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         token_weights = inputs.pop("token_weights", None)
-        outputs = model(**inputs, use_cache=False)
+        # The head runs only on supervised (row, token) pairs: answer spans are a few percent of a user sentence,
+        # and the (B, T, V) logits of the rest would dominate the step's cost.
+        supervised = torch.zeros_like(labels, dtype=torch.bool)
+        supervised[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts label t + 1
+        outputs = model(**inputs, use_cache=False, logits_to_keep=supervised)
+        next_labels = labels[:, 1:][supervised[:, :-1]].unsqueeze(0)  # (1, n), aligned with logits (n, V)
+        weights = token_weights[:, 1:][supervised[:, :-1]].unsqueeze(0) if token_weights is not None else None
         gamma = getattr(self.args, "focal_gamma", 0.0)
-        loss = focal_token_loss(outputs.logits, labels, token_weights, gamma, num_items_in_batch)
+        loss = focal_token_loss(
+            outputs.logits.unsqueeze(0), next_labels, weights, gamma, num_items_in_batch, shift=False
+        )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; n already spans all ranks
         return (loss, outputs) if return_outputs else loss

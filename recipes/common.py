@@ -1,0 +1,194 @@
+"""Shared recipe pieces: RecipeArguments, the processor for a dataset, rendered examples, images, plots."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from processing import UniMPProcessor, train_catalogue_tokenizer
+from processing.datasets_unimp import build_task_records, items_by_id, load_unimp_dataset
+from processing.prompt_templates import build_item_index, render_item_text, render_record
+
+logger = logging.getLogger("unimp.recipes")
+
+# Words of the task templates, so the tiny tokenizer learns them as whole tokens (reference §2.2).
+_TEMPLATE_TEXT = (
+    "What is the next item recommended to the user? What is the rating and explanation for the item? "
+    "Can you select the suitable item from above for the user? User history: Select from: Selection "
+    "What is the related item ID to the query based on the history? Query: Unknown"
+)
+
+
+@dataclass
+class RecipeArguments:
+    """What a recipe reads and builds; training knobs live in UniMPTrainingArguments (STYLE.md §5)."""
+
+    # Data
+    dataset: str = field(default="ml-100k-posters", metadata={"help": "A builder name (processing.datasets_unimp)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Defaults to $UNIMP_DATA_DIR or ../shared/data."})
+    protocol: str = field(default="leave_one_out", metadata={"help": "leave_one_out | user_disjoint (§5.1)."})
+    tasks: list[str] = field(default_factory=lambda: ["rec"], metadata={"help": "Tasks mixed in training."})
+    num_windows_per_user: int = field(default=8, metadata={"help": "Training windows drawn per user and task."})
+    max_train_users: int | None = field(default=None, metadata={"help": "Subsample users (quick runs)."})
+    max_eval_users: int | None = field(default=None, metadata={"help": "Subsample validation users during training."})
+    max_test_users: int | None = field(default=None, metadata={"help": "Subsample test users (smoke runs only)."})
+    # Model
+    model_preset: str = field(default="tiny", metadata={"help": "tiny | paper (UniMPConfig class methods)."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Start from a UniMP checkpoint."})
+    vision_model_name_or_path: str | None = field(default=None, metadata={"help": "A pretrained vision tower."})
+    text_model_name_or_path: str | None = field(default=None, metadata={"help": "A pretrained causal LM."})
+    text_gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside text_model_name_or_path."})
+    tokenizer_vocab_size: int = field(default=4000, metadata={"help": "BPE size of the tiny tokenizer."})
+    # Evaluation
+    eval_ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata={"help": "Cut-offs for HR/NDCG/MRR."})
+
+
+def data_dir(recipe: RecipeArguments) -> str | None:
+    return recipe.data_dir or os.environ.get("UNIMP_DATA_DIR")
+
+
+def load_dataset_dict(recipe: RecipeArguments):
+    """The builder's DatasetDict (user splits + "items"), optionally with fewer users for quick runs."""
+    dataset_dict = load_unimp_dataset(recipe.dataset, data_dir(recipe), protocol=recipe.protocol)
+    if recipe.max_train_users:
+        for split in ("train", "validation", "test"):
+            rows = dataset_dict[split]
+            dataset_dict[split] = rows.select(range(min(recipe.max_train_users, len(rows))))
+    return dataset_dict
+
+
+def build_processor(dataset_dict, recipe: RecipeArguments, image_size: int, tokenizer=None) -> UniMPProcessor:
+    """A processor whose catalogue is the dataset's item table (`<item_k>` = k-th item of the "items" split).
+
+    The tiny default trains its BPE tokenizer on the item texts and template words; a pretrained tokenizer
+    (e.g. SmolLM2's) may be passed instead.
+    """
+    items = items_by_id(dataset_dict["items"])
+    if tokenizer is None:
+        corpus = [render_item_text(item["attributes"]) for item in items.values()] + [_TEMPLATE_TEXT] * 20
+        tokenizer = train_catalogue_tokenizer(corpus, vocab_size=recipe.tokenizer_vocab_size)
+    return UniMPProcessor.from_catalogue(
+        tokenizer,
+        item_ids=list(items),
+        item_titles=[item["title"] or "" for item in items.values()],
+        item_images=[item["image"] for item in items.values()],
+        image_size=image_size,
+    )
+
+
+class ImageCache:
+    """Decode and resize each catalogue image once; records then carry small PIL images, not paths."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+        self._images: dict[str, Image.Image | None] = {}
+
+    def __call__(self, image):
+        if image is None or isinstance(image, Image.Image):
+            return image
+        if image not in self._images:
+            try:
+                with Image.open(image) as picture:
+                    size = (self.image_size, self.image_size)
+                    self._images[image] = picture.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+            except OSError:
+                self._images[image] = None  # the processor then treats the item as image-less
+        return self._images[image]
+
+
+def render_examples(
+    dataset_dict,
+    processor: UniMPProcessor,
+    *,
+    tasks: list[str],
+    split: str,
+    task_weights: dict,
+    max_history_items: int,
+    num_windows_per_user: int | None = None,
+    seed: int = 0,
+    images: ImageCache | None = None,
+    max_users: int | None = None,
+) -> list[dict]:
+    """Task records of `split`, rendered (training or evaluation form) with their images resolved.
+
+    Evaluation prompts keep the `<answer>` marker on history labels, as in training (the official code drops it
+    at test time, reference §8.7: a train/test mismatch we do not copy). Each example also carries `task`,
+    `user_id` and, for rec/search, `target_index` (the catalogue index of the target).
+    """
+    item_index = build_item_index(processor.item_ids)
+    examples = []
+    for task in tasks:
+        kwargs = {"max_history_items": max_history_items, "seed": seed}
+        if split == "train" and task != "select":
+            kwargs["num_windows_per_user"] = num_windows_per_user
+        records = build_task_records(dataset_dict, task, split, **kwargs)
+        if max_users is not None:
+            records = records[:max_users]
+        for record in records:
+            rendered = render_record(
+                record, split, item_index=item_index, task_weights=task_weights, history_answer_marker=True
+            )
+            if images is not None:
+                rendered["images"] = [images(image) for image in rendered["images"]]
+            rendered["user_id"] = record.get("user_id")
+            if task in ("rec", "search"):
+                rendered["target_index"] = item_index[record["target"]["item_id"]]
+            examples.append(rendered)
+    return examples
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_training_curve(log_history: list[dict], path: str | Path, *, metric: str = "eval_ndcg@10") -> Path:
+    """A PNG of the training loss (and the validation metric when logged) per step, drawn with PIL."""
+    width, height, margin = 720, 360, 48
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    series = {
+        "train loss": ([e["step"] for e in log_history if "loss" in e], [e["loss"] for e in log_history if "loss" in e]),
+        metric: ([e["step"] for e in log_history if metric in e], [e[metric] for e in log_history if metric in e]),
+    }
+    max_step = max([1] + [s for xs, _ in series.values() for s in xs])
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    for (name, (steps, values)), color in zip(series.items(), ("steelblue", "darkorange")):
+        if not values:
+            continue
+        low, high = min(values), max(values)
+        span = (high - low) or 1.0
+        points = [
+            (margin + (width - 2 * margin) * s / max_step, height - margin - (height - 2 * margin) * (v - low) / span)
+            for s, v in zip(steps, values)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for x, y in points[-1:]:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        legend_y = 8 if color == "steelblue" else 24
+        draw.text((margin, legend_y), f"{name}: {values[0]:.4f} -> {values[-1]:.4f} (range {low:.4f}-{high:.4f})",
+                  fill=color)
+    draw.text((width // 2 - 20, height - margin + 12), f"step (max {max_step})", fill="black")
+    canvas.save(path)
+    return Path(path)
+
+
+def set_torch_threads() -> None:
+    """Use the machine's cores (2 here) for intra-op work; no data-loader workers (hf_stack_notes §8)."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+__all__ = [
+    "ImageCache",
+    "RecipeArguments",
+    "build_processor",
+    "load_dataset_dict",
+    "render_examples",
+    "write_json",
+    "write_training_curve",
+]

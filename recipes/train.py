@@ -1,0 +1,152 @@
+"""Train UniMP on a dataset's tasks (reference §3, §7); YAML keys are RecipeArguments + UniMPTrainingArguments.
+
+Usage: python -m recipes.train recipes/configs/ml100k_tiny.yaml
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
+from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, lora_config_for, set_trainable
+from processing import UniMPDataCollator, UniMPProcessor
+
+from .common import (
+    ImageCache,
+    RecipeArguments,
+    build_processor,
+    load_dataset_dict,
+    render_examples,
+    set_torch_threads,
+    write_json,
+    write_training_curve,
+)
+from .evaluate import evaluate_recommendation
+
+logger = logging.getLogger("unimp.recipes.train")
+
+
+def build_model(recipe: RecipeArguments, dataset_dict):
+    """The model and its processor: from a UniMP checkpoint, from pretrained towers, or a fresh preset."""
+    if recipe.model_name_or_path:
+        model = UniMPForConditionalGeneration.from_pretrained(recipe.model_name_or_path)
+        return model, UniMPProcessor.from_pretrained(recipe.model_name_or_path)
+    if recipe.model_preset not in ("tiny", "paper"):
+        raise ValueError(f"model_preset must be 'tiny' or 'paper', got {recipe.model_preset!r}")
+    config = getattr(UniMPConfig, recipe.model_preset)()
+    tokenizer = None
+    if recipe.text_model_name_or_path:
+        text_kwargs = {"gguf_file": recipe.text_gguf_file} if recipe.text_gguf_file else {}
+        model = UniMPForConditionalGeneration.from_vision_text_pretrained(
+            recipe.vision_model_name_or_path, recipe.text_model_name_or_path, config=config, text_kwargs=text_kwargs
+        )
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(recipe.text_model_name_or_path, **text_kwargs)
+    else:
+        model = UniMPForConditionalGeneration(config)
+        if recipe.vision_model_name_or_path:  # a tower pretrained by recipes.pretrain_vision
+            from transformers import AutoModel
+
+            tower = AutoModel.from_pretrained(recipe.vision_model_name_or_path)
+            model.model.vision_model.load_state_dict(tower.state_dict())
+    processor = build_processor(dataset_dict, recipe, model.config.vision_config.image_size, tokenizer=tokenizer)
+    processor.prepare_model(model)
+    return model, processor
+
+
+def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
+    """Train, select the best checkpoint on validation NDCG@10, evaluate on test; returns the test metrics."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    set_torch_threads()
+    set_seed(training.seed)
+    started = time.time()
+    dataset_dict = load_dataset_dict(recipe)
+    model, processor = build_model(recipe, dataset_dict)
+    trainable = set_trainable(model, "lora" if training.trainable_stage == "lora" else training.trainable_stage)
+    if training.trainable_stage == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config_for(model))
+    logger.info("%d trainable tensors, %.2fM trainable parameters", len(trainable),
+                sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+    images = ImageCache(processor.image_processor.size["height"])
+    train_examples = render_examples(
+        dataset_dict, processor, tasks=recipe.tasks, split="train", task_weights=training.task_weights,
+        max_history_items=training.max_history_items, num_windows_per_user=recipe.num_windows_per_user,
+        seed=training.seed, images=images,
+    )
+    logger.info("%d training examples (%s)", len(train_examples), ", ".join(recipe.tasks))
+
+    validation_examples = render_examples(
+        dataset_dict, processor, tasks=["rec"], split="validation", task_weights=None,
+        max_history_items=training.max_history_items, images=images, max_users=recipe.max_eval_users,
+    )
+
+    def validation_ranking(current_model) -> dict:  # model selection on validation only (issue 5)
+        metrics = evaluate_recommendation(
+            current_model, processor, dataset_dict, split="validation", max_history_items=training.max_history_items,
+            ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, examples=validation_examples,
+        )
+        return metrics["unimp"]
+
+    trainer = UniMPTrainer(
+        model=model,
+        args=training,
+        train_dataset=train_examples,
+        eval_dataset=validation_examples,
+        data_collator=UniMPDataCollator(processor, context_weight=training.context_weight),
+        evaluation_fn=validation_ranking if training.eval_strategy != "no" else None,
+    )
+    last_checkpoint = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
+    if last_checkpoint:
+        logger.info("resuming from %s", last_checkpoint)
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+    final = trainer.model.merge_and_unload() if training.trainable_stage == "lora" else trainer.model
+    final.save_pretrained(training.output_dir)
+    processor.save_pretrained(training.output_dir)
+    test = evaluate_recommendation(
+        final, processor, dataset_dict, split="test", max_history_items=training.max_history_items,
+        ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, images=images, progress=True,
+        max_users=recipe.max_test_users,
+    )
+    metrics = {
+        "dataset": recipe.dataset, "protocol": recipe.protocol, "tasks": recipe.tasks, "split": "test",
+        "global_step": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_seconds": round(time.time() - started, 1), "train_loss": _last(trainer.state.log_history, "loss"),
+        **test,
+    }
+    write_json(metrics, Path(training.output_dir) / "metrics.json")
+    write_training_curve(trainer.state.log_history, Path(training.output_dir) / "training_curve.png")
+    return metrics
+
+
+def _last(log_history: list[dict], key: str):
+    values = [entry[key] for entry in log_history if key in entry]
+    return values[-1] if values else None
+
+
+def parse_args(argv: list[str]) -> tuple[RecipeArguments, UniMPTrainingArguments]:
+    """`train.py CONFIG.yaml [key=value ...]`: the YAML, then `key=value` overrides parsed as YAML scalars."""
+    import yaml
+
+    if not argv or not argv[0].endswith((".yaml", ".yml")):
+        raise SystemExit("usage: python -m recipes.train CONFIG.yaml [key=value ...]")
+    values = yaml.safe_load(Path(argv[0]).read_text()) or {}
+    for override in argv[1:]:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise SystemExit(f"override {override!r} is not key=value")
+        values[key.lstrip("-")] = yaml.safe_load(value)
+    recipe, training = HfArgumentParser((RecipeArguments, UniMPTrainingArguments)).parse_dict(values)
+    return recipe, training
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    print(main(*parse_args(sys.argv[1:])))
