@@ -152,8 +152,8 @@ def write_training_curve(log_history: list[dict], path: str | Path, *, metric: s
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     series = {
-        "train loss": ([e["step"] for e in log_history if "loss" in e], [e["loss"] for e in log_history if "loss" in e]),
-        metric: ([e["step"] for e in log_history if metric in e], [e[metric] for e in log_history if metric in e]),
+        name: ([e["step"] for e in log_history if key in e], [e[key] for e in log_history if key in e])
+        for name, key in (("train loss", "loss"), (metric, metric))
     }
     max_step = max([1] + [s for xs, _ in series.values() for s in xs])
     draw.rectangle([margin, margin, width - margin, height - margin], outline="black")

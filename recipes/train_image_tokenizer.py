@@ -1,0 +1,327 @@
+"""Train the UniMP image tokenizer (VQ autoencoder, spec §2.2 (vi)) on a dataset's item images and report
+held-out PSNR / SSIM and codebook usage.
+
+    python -m recipes.train_image_tokenizer recipes/configs/image_tokenizer_tiny.yaml [key=value ...]
+
+Writes the tokenizer (`save_pretrained`, with this package's code as remote code), `metrics.json`,
+`recipe_args.json` and `contact_sheet.png` into `output_dir`; the resized images are cached there too.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from modeling_unimp.image_tokenizer_unimp import (
+    UniMPImageTokenizer,
+    UniMPImageTokenizerConfig,
+    compute_psnr,
+    compute_ssim,
+    convert_pixel_values_to_image,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("ml-100k-posters", "hm-sample")
+
+
+@dataclass
+class ImageTokenizerRecipeArguments:
+    """YAML keys of the image tokenizer recipe. Model fields left at None take the
+    `UniMPImageTokenizerConfig` default, so each default lives in one place."""
+
+    # Data
+    dataset: str = field(default="ml-100k-posters", metadata={"help": f"one of {DATASETS}"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "real-data folder; default $UNIMP_DATA_DIR or <repo>/../shared/data"}
+    )
+    max_images: int | None = field(
+        default=None, metadata={"help": "use a seeded random subset of this many images (None: all)"}
+    )
+    holdout_fraction: float = field(default=0.1, metadata={"help": "fraction of images held out for metrics"})
+    # Model (None: the UniMPImageTokenizerConfig default)
+    resolution: int | None = field(default=None, metadata={"help": "image side in pixels"})
+    base_channels: int | None = field(default=None, metadata={"help": "channels of the first level"})
+    channel_multipliers: list[int] | None = field(default=None, metadata={"help": "per-level multipliers"})
+    num_res_blocks: int | None = field(default=None, metadata={"help": "residual blocks per level"})
+    norm_num_groups: int | None = field(default=None, metadata={"help": "GroupNorm groups"})
+    codebook_size: int | None = field(default=None, metadata={"help": "number of codes K"})
+    code_dim: int | None = field(default=None, metadata={"help": "code vector dimension"})
+    commitment_beta: float | None = field(default=None, metadata={"help": "commitment loss weight"})
+    use_ema_codebook: bool | None = field(default=None, metadata={"help": "EMA (True) or gradient codebook"})
+    codebook_restart_threshold: float | None = field(default=None, metadata={"help": "dead-code threshold"})
+    reconstruction_l1_weight: float | None = field(default=None, metadata={"help": "L1 pixel loss weight"})
+    reconstruction_l2_weight: float | None = field(default=None, metadata={"help": "L2 pixel loss weight"})
+    # Training
+    output_dir: str = field(
+        default="outputs/image_tokenizer", metadata={"help": "where the tokenizer, metrics and cache go"}
+    )
+    max_steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "stop training after this wall time even if max_steps is not reached"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "training images per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    use_horizontal_flip: bool = field(default=True, metadata={"help": "random left-right flips in training"})
+    eval_batch_size: int = field(default=64, metadata={"help": "held-out images per evaluation batch"})
+    num_contact_sheet_images: int = field(default=16, metadata={"help": "held-out pairs in contact_sheet.png"})
+    logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (the machine is shared)"})
+    seed: int = field(default=0, metadata={"help": "seeds the subset, the held-out split and training"})
+
+
+def build_config(args: ImageTokenizerRecipeArguments) -> UniMPImageTokenizerConfig:
+    """The tokenizer config from the recipe's non-None model fields."""
+    config_fields = {config_field.name for config_field in fields(UniMPImageTokenizerConfig)}
+    overrides = {
+        recipe_field.name: getattr(args, recipe_field.name)
+        for recipe_field in fields(args)
+        if recipe_field.name in config_fields and getattr(args, recipe_field.name) is not None
+    }
+    return UniMPImageTokenizerConfig(**overrides)
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """`data_dir`, else $UNIMP_DATA_DIR, else `<repo>/../shared/data`."""
+    return Path(data_dir or os.environ.get("UNIMP_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+
+
+def list_item_images(dataset: str, data_dir: Path) -> list[tuple[str, Path]]:
+    """(image id, path) of every distinct item image of a dataset, sorted by id.
+
+    ml-100k-posters: the poster files named in `ml100k_to_ml1m_posters.csv` (duplicate ML-100K movies
+    share one poster, kept once; id = the poster's ML-1M item id). hm-sample: `image_manifest.csv` rows
+    with `has_image == 1` (id = the 10-digit article id, path `images/<prefix>/<article_id>.jpg`).
+    """
+    import csv
+
+    if dataset == "ml-100k-posters":
+        root = data_dir / "ml-100k-posters"
+        with open(root / "ml100k_to_ml1m_posters.csv", newline="", encoding="utf-8") as handle:
+            files = {row["poster_file"] for row in csv.DictReader(handle) if row["poster_file"]}
+        items = [(Path(name).stem, root / name) for name in files]
+        return sorted(items, key=lambda item: int(item[0]))
+    if dataset == "hm-sample":
+        root = data_dir / "hm-sample"
+        with open(root / "image_manifest.csv", newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["has_image"] == "1"]
+        return sorted((row["article_id"], root / row["image_path"]) for row in rows)
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+
+
+def load_image(path: Path, resolution: int) -> np.ndarray:
+    """A JPEG as a (resolution, resolution, 3) uint8 array, bicubic-resized without keeping the aspect ratio."""
+    with Image.open(path) as image:
+        image.draft("RGB", (2 * resolution, 2 * resolution))  # JPEG DCT-domain downscale: faster decode
+        image = image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def load_dataset_images(args: ImageTokenizerRecipeArguments, resolution: int) -> tuple[list[str], torch.Tensor]:
+    """Ids and (N, 3, R, R) uint8 pixels of the (optionally subsampled) item images, cached in output_dir."""
+    items = list_item_images(args.dataset, resolve_data_dir(args.data_dir))
+    if not items:
+        raise ValueError(f"no item images found for {args.dataset!r}")
+    if args.max_images is not None and args.max_images < len(items):
+        keep = np.random.default_rng(args.seed).choice(len(items), size=args.max_images, replace=False)
+        items = [items[i] for i in sorted(keep)]
+    ids = [item_id for item_id, _ in items]
+    cache_path = Path(args.output_dir) / "cache" / f"images_{args.dataset}_{resolution}px.pt"
+    if cache_path.is_file():
+        cached = torch.load(cache_path)
+        if cached["ids"] == ids:
+            return ids, cached["pixels"]
+    arrays = [load_image(path, resolution) for _, path in tqdm(items, desc=f"resize {args.dataset}")]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, R, R) uint8
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": ids, "pixels": pixels}, cache_path)
+    return ids, pixels
+
+
+def split_holdout(num_images: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train indices, held-out indices); at least one image on each side."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"`holdout_fraction` must be in (0, 1), got {holdout_fraction}")
+    if num_images < 2:
+        raise ValueError(f"need at least 2 images to hold some out, got {num_images}")
+    order = np.random.default_rng(seed).permutation(num_images)
+    num_holdout = min(max(1, round(holdout_fraction * num_images)), num_images - 1)
+    return np.sort(order[num_holdout:]), np.sort(order[:num_holdout])
+
+
+def convert_uint8_to_pixel_values(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, R, R) uint8 -> float in [-1, 1]."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def rescale_to_unit_range(pixel_values: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], the scale on which PSNR / SSIM are conventionally reported (data_range 1)."""
+    return (pixel_values + 1) / 2
+
+
+def compute_learning_rate(step: int, args: ImageTokenizerRecipeArguments) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `max_steps`."""
+    if step < args.warmup_steps:
+        return args.learning_rate * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    return args.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: UniMPImageTokenizer, pixels: torch.Tensor, batch_size: int) -> dict:
+    """Held-out metrics: mean per-image PSNR / SSIM of clamped reconstructions, codebook usage and
+    perplexity over the pooled code histogram, and the same PSNR / SSIM for a bicubic down-up
+    resampling through the code grid resolution (a continuous-colour reference with as many cells)."""
+    model.eval()
+    grid = model.config.grid_size
+    psnr, ssim, reference_psnr, reference_ssim, reconstructions = [], [], [], [], []
+    counts = torch.zeros(model.config.codebook_size)
+    for start in range(0, len(pixels), batch_size):
+        originals = convert_uint8_to_pixel_values(pixels[start : start + batch_size])
+        output = model(originals)
+        reconstruction = output.reconstruction.clamp(-1, 1)
+        psnr.append(compute_psnr(rescale_to_unit_range(reconstruction), rescale_to_unit_range(originals)))
+        ssim.append(compute_ssim(rescale_to_unit_range(reconstruction), rescale_to_unit_range(originals)))
+        counts += torch.bincount(output.codes.flatten(), minlength=model.config.codebook_size).float()
+        reconstructions.append(reconstruction)
+        size = originals.shape[-1]
+        small = torch.nn.functional.interpolate(originals, size=(grid, grid), mode="bicubic", antialias=True)
+        reference = torch.nn.functional.interpolate(small, size=(size, size), mode="bicubic").clamp(-1, 1)
+        reference_psnr.append(compute_psnr(rescale_to_unit_range(reference), rescale_to_unit_range(originals)))
+        reference_ssim.append(compute_ssim(rescale_to_unit_range(reference), rescale_to_unit_range(originals)))
+    probabilities = counts / counts.sum()
+    entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+    return {
+        "heldout_psnr": torch.cat(psnr).mean().item(),
+        "heldout_ssim": torch.cat(ssim).mean().item(),
+        "heldout_codebook_usage": (counts > 0).float().mean().item(),
+        "heldout_perplexity": entropy.exp().item(),
+        f"heldout_bicubic_{grid}px_psnr": torch.cat(reference_psnr).mean().item(),
+        f"heldout_bicubic_{grid}px_ssim": torch.cat(reference_ssim).mean().item(),
+        "reconstructions": torch.cat(reconstructions),
+    }
+
+
+def save_contact_sheet(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, per_row: int = 8):
+    """PNG grid: row pairs of originals (top) over their reconstructions (bottom), upscaled 2x (nearest)."""
+    count = len(originals)
+    rows = math.ceil(count / per_row)
+    size = originals.shape[-1] * 2
+    sheet = Image.new("RGB", (per_row * size, 2 * rows * size), "white")
+    for index in range(count):
+        row, column = divmod(index, per_row)
+        for offset, image in enumerate((originals[index], reconstructions[index])):
+            tile = convert_pixel_values_to_image(image).resize((size, size), Image.Resampling.NEAREST)
+            sheet.paste(tile, (column * size, (2 * row + offset) * size))
+    sheet.save(path)
+
+
+def main(args: ImageTokenizerRecipeArguments) -> dict:
+    """Train, evaluate on the held-out images and save; returns the metrics written to `metrics.json`."""
+    torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    config = build_config(args)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    ids, pixels = load_dataset_images(args, config.resolution)
+    train_indices, holdout_indices = split_holdout(len(ids), args.holdout_fraction, args.seed)
+    train_pixels, holdout_pixels = pixels[train_indices], pixels[holdout_indices]
+
+    model = UniMPImageTokenizer(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(train_pixels), generator=generator)
+    cursor = 0
+    model.train()
+    start_time = time.perf_counter()
+    progress = tqdm(total=args.max_steps, desc=f"image tokenizer {args.dataset}")
+    step, running = 0, {}
+    while step < args.max_steps:
+        if args.max_train_seconds is not None and time.perf_counter() - start_time > args.max_train_seconds:
+            break
+        if cursor + args.batch_size > len(order):  # reshuffle each epoch; the last partial batch is dropped
+            order, cursor = torch.randperm(len(train_pixels), generator=generator), 0
+        batch = convert_uint8_to_pixel_values(train_pixels[order[cursor : cursor + args.batch_size]])  # (B, 3, R, R)
+        cursor += args.batch_size
+        if args.use_horizontal_flip:
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            batch[flip] = batch[flip].flip(-1)
+        for group in optimizer.param_groups:
+            group["lr"] = compute_learning_rate(step, args)
+        output = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+        step += 1
+        for key in ("loss", "reconstruction_loss", "perplexity", "codebook_usage"):
+            running[key] = 0.9 * running.get(key, output[key].item()) + 0.1 * output[key].item()
+        progress.update(1)
+        if step % args.logging_steps == 0 or step == args.max_steps:
+            progress.set_postfix({key: f"{value:.3g}" for key, value in running.items()})
+    progress.close()
+    train_seconds = time.perf_counter() - start_time
+
+    evaluation = evaluate_tokenizer(model, holdout_pixels, args.eval_batch_size)
+    reconstructions = evaluation.pop("reconstructions")
+    metrics = {
+        "dataset": args.dataset,
+        "num_train_images": len(train_indices),
+        "num_heldout_images": len(holdout_indices),
+        "resolution": config.resolution,
+        "grid_size": config.grid_size,
+        "codebook_size": config.codebook_size,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "steps": step,
+        "train_seconds": round(train_seconds, 1),
+        "train_loss_smoothed": running.get("loss"),
+        "train_codebook_usage_smoothed": running.get("codebook_usage"),
+        **evaluation,
+    }
+    # Remote code: the checkpoint carries image_tokenizer_unimp.py and loads with trust_remote_code=True.
+    UniMPImageTokenizerConfig.register_for_auto_class()
+    UniMPImageTokenizer.register_for_auto_class("AutoModel")
+    model.save_pretrained(output_dir)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / "recipe_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
+    count = min(args.num_contact_sheet_images, len(holdout_pixels))
+    if count > 0:
+        save_contact_sheet(
+            convert_uint8_to_pixel_values(holdout_pixels[:count]),
+            reconstructions[:count],
+            output_dir / "contact_sheet.png",
+        )
+    return metrics
+
+
+def parse_args(argv: list[str]) -> ImageTokenizerRecipeArguments:
+    """`config.yaml [key=value ...]`: YAML keys are the dataclass fields; `key=value` pairs (values parsed
+    as YAML) override them."""
+    if not argv or not argv[0].endswith((".yaml", ".yml")):
+        raise SystemExit("usage: python -m recipes.train_image_tokenizer CONFIG.yaml [key=value ...]")
+    values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
+    for override in argv[1:]:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise SystemExit(f"override {override!r} is not key=value")
+        values[key] = yaml.safe_load(value)
+    (args,) = HfArgumentParser(ImageTokenizerRecipeArguments).parse_dict(values)
+    return args
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(parse_args(sys.argv[1:])), indent=2))
+
+
+__all__ = ["ImageTokenizerRecipeArguments", "build_config", "list_item_images", "main", "split_holdout"]

@@ -1,0 +1,49 @@
+"""Train the tiny UniMP for a few steps with a fixed global batch; run alone or under torchrun (gloo, CPU).
+
+Usage: python tests/scripts/distributed_train_check.py OUT.pt PER_DEVICE_BATCH   (or via torch.distributed.run)
+Writes the final parameters (rank 0) so the test can compare 1 process against 2.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conftest import TINY_CATALOGUE, make_tiny_config  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from modeling_unimp import UniMPForConditionalGeneration  # noqa: E402
+from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments  # noqa: E402
+from processing import UniMPDataCollator, UniMPProcessor, train_catalogue_tokenizer  # noqa: E402
+
+EXAMPLES = [
+    {"text": f"<image> Title Toy Story <answer> <item_{i % 3}> <|endofchunk|> What next? <answer> <item_{(i + 1) % 3}>",
+     "images": [Image.new("RGB", (32, 32), (40 * i % 255, 90, 200))], "task_weight": 2.0 if i % 2 else 1.0}
+    for i in range(8)
+]
+
+
+def main(out_path: str, per_device_batch: int) -> None:
+    torch.manual_seed(0)
+    tokenizer = train_catalogue_tokenizer(["Title Toy Story Genre Animation Comedy", "What next?"] * 5, 300)
+    processor = UniMPProcessor.from_catalogue(tokenizer, image_size=32, **TINY_CATALOGUE)
+    torch.manual_seed(0)
+    model = UniMPForConditionalGeneration(make_tiny_config(gate_init=0.5))
+    processor.prepare_model(model)
+    args = UniMPTrainingArguments(
+        output_dir=str(Path(out_path).parent / "run"), per_device_train_batch_size=per_device_batch, max_steps=2,
+        learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, dataloader_drop_last=True, lr_scheduler_type="constant", disable_tqdm=True,
+    )
+    trainer = UniMPTrainer(model=model, args=args, train_dataset=EXAMPLES, data_collator=UniMPDataCollator(processor))
+    trainer.train()
+    if trainer.is_world_process_zero():
+        state = {name: p.detach().clone() for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
+        torch.save({"params": state, "world_size": args.world_size, "loss": trainer.state.log_history[-1]}, out_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

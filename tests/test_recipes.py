@@ -1,0 +1,138 @@
+"""Recipes: resume, 2-process training, the train recipe on real data, YAML configs (issue 4)."""
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT, make_tiny_config
+from PIL import Image
+from transformers import HfArgumentParser, TrainerCallback
+
+from modeling_unimp import UniMPForConditionalGeneration
+from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments
+from processing import UniMPDataCollator
+from recipes import train
+from recipes.common import RecipeArguments, write_training_curve
+
+EXAMPLES = [
+    {"text": f"<image> Title Heat <answer> <item_{i % 3}> <|endofchunk|> What next? <answer> <item_{(i + 2) % 3}>",
+     "images": [Image.new("RGB", (32, 32), (30 * i, 80, 160))], "task_weight": 2.0}
+    for i in range(8)
+]
+# train.py configs (the image tokenizer recipe has its own dataclass and test)
+CONFIGS = sorted(c for c in (REPO_ROOT / "recipes" / "configs").glob("*.yaml") if not c.stem.startswith("image_"))
+
+
+def _trainer(model, processor, output_dir, max_steps):
+    args = UniMPTrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=2, max_steps=max_steps, learning_rate=1e-2,
+        report_to=[], use_cpu=True, save_strategy="steps", save_steps=2, seed=0, data_seed=0, logging_steps=1,
+        disable_tqdm=True,
+    )
+    return UniMPTrainer(model=model, args=args, train_dataset=EXAMPLES, data_collator=UniMPDataCollator(processor))
+
+
+class _StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True
+
+
+def test_interrupted_training_resumes_to_the_same_result(tiny_processor, tiny_config, tmp_path):
+    initial = UniMPForConditionalGeneration(tiny_config)
+    tiny_processor.prepare_model(initial)
+    straight = _trainer(copy.deepcopy(initial), tiny_processor, tmp_path / "straight", 4)
+    straight.train()
+    interrupted = _trainer(copy.deepcopy(initial), tiny_processor, tmp_path / "interrupted", 4)
+    interrupted.add_callback(_StopAfter(2))  # the process "dies" after step 2's checkpoint
+    interrupted.train()
+    assert interrupted.state.global_step == 2
+    resumed = _trainer(copy.deepcopy(initial), tiny_processor, tmp_path / "interrupted", 4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "interrupted" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (straight, resumed)]
+    assert losses[0][-2:] == pytest.approx(losses[1][-2:], rel=1e-5)
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    script = REPO_ROOT / "tests" / "scripts" / "distributed_train_check.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    commands = {
+        "one": [sys.executable, str(script), str(tmp_path / "one" / "out.pt"), "4"],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
+                str(script), str(tmp_path / "two" / "out.pt"), "2"],
+    }
+    for name, command in commands.items():
+        (tmp_path / name).mkdir()
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (torch.load(tmp_path / name / "out.pt") for name in ("one", "two"))
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_shipped_yaml_configs_parse_into_the_dataclasses(config):
+    values = yaml.safe_load(config.read_text())
+    recipe, training = HfArgumentParser((RecipeArguments, UniMPTrainingArguments)).parse_dict(values)
+    assert not training.push_to_hub  # recipes are quiet by default (STYLE.md §8.9)
+    assert recipe.dataset and training.output_dir
+
+
+def test_train_recipe_runs_on_real_data_and_writes_its_artifacts(data_dir, tmp_path):
+    recipe, training = train.parse_args([
+        str(REPO_ROOT / "recipes" / "configs" / "ml100k_tiny.yaml"),
+        f"output_dir={tmp_path}", "max_steps=2", "eval_steps=1", "save_steps=1", "max_train_users=12",
+        "max_eval_users=6", "max_test_users=6", "per_device_train_batch_size=2", "max_history_items=3",
+        "num_windows_per_user=1", "disable_tqdm=true", f"data_dir={data_dir}",
+    ])
+    metrics = train.main(recipe, training)
+    assert metrics["global_step"] == 2 and metrics["num_users"] == 6
+    assert set(metrics["unimp"]) >= {"hr@10", "ndcg@10", "mrr@10"} and set(metrics["pop"]) == set(metrics["unimp"])
+    for artifact in ("metrics.json", "training_curve.png", "model.safetensors", "processor_config.json"):
+        assert (Path(tmp_path) / artifact).exists(), artifact
+    assert metrics["best_checkpoint"] is not None  # selected on validation NDCG@10
+    reloaded = UniMPForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.num_items == 1682
+
+
+def test_training_curve_png_has_the_loss_line(tmp_path):
+    history = [{"step": s, "loss": 5.0 - s} for s in range(1, 5)] + [{"step": 4, "eval_ndcg@10": 0.1}]
+    path = write_training_curve(history, tmp_path / "curve.png")
+    image = Image.open(path).convert("RGB")
+    colours = {image.getpixel((x, y)) for x in range(0, image.width, 3) for y in range(0, image.height, 3)}
+    assert (70, 130, 180) in colours  # steelblue loss line drawn
+
+
+def test_masked_head_trainer_loss_equals_the_full_logits_loss(tiny_processor):
+    from modeling_unimp.trainer_unimp import focal_token_loss
+
+    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
+    tiny_processor.prepare_model(model)
+    batch = UniMPDataCollator(tiny_processor, context_weight=0.5)(EXAMPLES[:3])
+    trainer = UniMPTrainer.__new__(UniMPTrainer)  # compute_loss only reads self.args
+    trainer.args = UniMPTrainingArguments(output_dir="unused", focal_gamma=2.0, report_to=[])
+    with torch.no_grad():
+        routed = trainer.compute_loss(model, batch)
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "token_weights")}
+        full = focal_token_loss(model(**inputs).logits, batch["labels"], batch["token_weights"], gamma=2.0)
+    torch.testing.assert_close(routed, full)
