@@ -36,12 +36,14 @@ def main(out_path: str, per_device_batch: int) -> None:
     args = UniMPTrainingArguments(
         output_dir=str(Path(out_path).parent / "run"), per_device_train_batch_size=per_device_batch, max_steps=2,
         learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
-        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, dataloader_drop_last=True, lr_scheduler_type="constant", disable_tqdm=True,
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, dataloader_drop_last=True,
+        lr_scheduler_type="constant", disable_tqdm=True,
     )
     trainer = UniMPTrainer(model=model, args=args, train_dataset=EXAMPLES, data_collator=UniMPDataCollator(processor))
     trainer.train()
     if trainer.is_world_process_zero():
-        state = {name: p.detach().clone() for name, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        state = {name: p.detach().clone() for name, p in unwrapped.named_parameters()}
         torch.save({"params": state, "world_size": args.world_size, "loss": trainer.state.log_history[-1]}, out_path)
 
 
