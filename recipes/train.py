@@ -107,7 +107,10 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)
     trainer.train(resume_from_checkpoint=last_checkpoint)
-    final = trainer.model.merge_and_unload() if training.trainable_stage == "lora" else trainer.model
+    final = trainer.model
+    if training.trainable_stage == "lora":  # keep the adapter on its own, then ship the merged model
+        trainer.model.save_pretrained(Path(training.output_dir) / "adapter")
+        final = trainer.model.merge_and_unload()
     final.save_pretrained(training.output_dir)
     processor.save_pretrained(training.output_dir)
     test = evaluate_recommendation(

