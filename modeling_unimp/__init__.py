@@ -11,6 +11,7 @@ from transformers import (
 from processing.processing_unimp import UniMPProcessor
 
 from .configuration_unimp import UniMPConfig
+from .image_tokenizer_unimp import UniMPImageTokenizer, UniMPImageTokenizerConfig
 from .modeling_unimp import (
     UniMPForConditionalGeneration,
     UniMPGatedCrossAttentionBlock,
@@ -25,6 +26,8 @@ AutoModel.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(UniMPConfig, UniMPForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(UniMPConfig, UniMPProcessor, exist_ok=True)
+AutoConfig.register("unimp_image_tokenizer", UniMPImageTokenizerConfig, exist_ok=True)
+AutoModel.register(UniMPImageTokenizerConfig, UniMPImageTokenizer, exist_ok=True)
 
 __all__ = [
     "UniMPConfig",
@@ -34,4 +37,6 @@ __all__ = [
     "UniMPGatedCrossAttentionBlock",
     "UniMPPerceiverResampler",
     "UniMPProcessor",
+    "UniMPImageTokenizer",
+    "UniMPImageTokenizerConfig",
 ]

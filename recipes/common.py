@@ -3,11 +3,13 @@
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+from transformers import TrainerCallback
 
 from processing import UniMPProcessor, train_catalogue_tokenizer
 from processing.datasets_unimp import build_task_records, items_by_id, load_unimp_dataset
@@ -36,6 +38,9 @@ class RecipeArguments:
     max_train_users: int | None = field(default=None, metadata={"help": "Subsample users (quick runs)."})
     max_eval_users: int | None = field(default=None, metadata={"help": "Subsample validation users during training."})
     max_test_users: int | None = field(default=None, metadata={"help": "Subsample test users (smoke runs only)."})
+    max_train_seconds: float | None = field(
+        default=None, metadata={"help": "Stop training (evaluating and saving first) after this many seconds."}
+    )
     # Model
     model_preset: str = field(default="tiny", metadata={"help": "tiny | paper (UniMPConfig class methods)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Start from a UniMP checkpoint."})
@@ -141,6 +146,26 @@ def render_examples(
     return examples
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training after `max_seconds` of wall time, with a final evaluation and checkpoint, so a demo on a
+    slow or busy machine still finishes on time (the step count then depends on the machine: it is logged)."""
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds = max_seconds
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.started > self.max_seconds:
+            logger.info("time budget of %.0f s reached at step %d: stopping", self.max_seconds, state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = True
+        return control
+
+
 def write_json(data: dict, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -186,6 +211,7 @@ def set_torch_threads() -> None:
 __all__ = [
     "ImageCache",
     "RecipeArguments",
+    "TimeBudgetCallback",
     "build_processor",
     "load_dataset_dict",
     "render_examples",

@@ -19,6 +19,7 @@ from processing import UniMPDataCollator, UniMPProcessor
 from .common import (
     ImageCache,
     RecipeArguments,
+    TimeBudgetCallback,
     build_processor,
     load_dataset_dict,
     render_examples,
@@ -103,6 +104,8 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         data_collator=UniMPDataCollator(processor, context_weight=training.context_weight),
         evaluation_fn=validation_ranking if training.eval_strategy != "no" else None,
     )
+    if recipe.max_train_seconds:
+        trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds))
     last_checkpoint = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)

@@ -170,3 +170,12 @@ def test_lora_finetune_recipe_writes_adapter_and_merged_model(data_dir, tmp_path
     merged = UniMPForConditionalGeneration.from_pretrained(tmp_path / "lora")
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert metrics["num_users"] == 4
+
+
+def test_readme_quick_start_runs(capsys):
+    readme = (REPO_ROOT / "README.md").read_text()
+    code = readme.split("## Quick start", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 12
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("[") and sum(item in printed for item in ("'m1'", "'m2'", "'m3'")) == 2
