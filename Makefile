@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export UNIMP_DATA_DIR ?= $(abspath ../shared/data)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench bench-peers clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,35 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The RecBole peers need old numpy/pandas/scipy: their own venv (reference/peer_protocol.md §1).
+RECBOLE_VENV  := .venv-recbole
+RECBOLE_STAMP := $(RECBOLE_VENV)/.recbole-installed
+PEER_DATA     ?= outputs/recbole_atomic
+PEER_OUT      ?= outputs/bench/peers.json
+BENCH_SECONDS ?= 420
+
+$(RECBOLE_STAMP): benchmarks/setup_recbole.sh
+	benchmarks/setup_recbole.sh $(RECBOLE_VENV)
+
+$(PEER_DATA)/.exported: $(STAMP) processing/datasets_unimp.py
+	$(BIN)/python -c "from processing.datasets_unimp import export_recbole_atomic as e; [e(d, '$(PEER_DATA)') for d in ('ml-100k-posters', 'amazon-mi-2014-5core', 'hm-sample')]"
+	touch $@
+
+# Peers on the builders' exported split (hours on 2 cores); results land in $(PEER_OUT).
+bench-peers: $(STAMP) $(RECBOLE_STAMP) $(PEER_DATA)/.exported
+	TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_peers.py \
+	  --data-dir $(PEER_DATA) --datasets amazon-mi hm ml100k \
+	  --models Pop BPR LightGCN GRU4Rec SASRec BERT4Rec --out $(PEER_OUT) --skip-existing
+	TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_peers.py \
+	  --data-dir $(PEER_DATA) --datasets amazon-mi hm ml100k --models SASRec \
+	  --set SASRec:hidden_dropout_prob=0.2 SASRec:attn_dropout_prob=0.2 --out $(PEER_OUT) --skip-existing
+
+# One command: peers (skipped where results exist), then UniMP-tiny and its ablations, tables side by side.
+bench: bench-peers
+	$(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi \
+	  --variants unimp no_images no_text gamma0 no_context single_task multi_task \
+	  --max-train-seconds $(BENCH_SECONDS) --peers $(PEER_OUT) --reuse
 
 lint: $(STAMP)
 	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks

@@ -13,7 +13,7 @@ class UniMPConfig(PreTrainedConfig):
     Example:
         >>> config = UniMPConfig.tiny()
         >>> config.cross_attn_layer_ids
-        [1, 3]
+        [0, 1]
     """
 
     model_type = "unimp"
@@ -85,22 +85,23 @@ class UniMPConfig(PreTrainedConfig):
 
     @classmethod
     def tiny(cls, **kwargs) -> "UniMPConfig":
-        """The CPU default: trains on 2 cores in minutes (a 64-px CLIP tower and a 4-layer Llama)."""
+        """The CPU default: trains on 2 cores in minutes. A 64-px CLIP tower with 16-px patches and a 2-layer
+        Llama; sized so a few minutes of training see tens of thousands of item predictions (BENCHMARKS.md)."""
         vision_config = {
             "model_type": "clip_vision_model",
-            "hidden_size": 128,
-            "intermediate_size": 256,
+            "hidden_size": 64,
+            "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "image_size": 64,
-            "patch_size": 8,
-            "projection_dim": 128,
+            "patch_size": 16,
+            "projection_dim": 64,
         }
         text_config = {
             "model_type": "llama",
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 4,
             "vocab_size": 8192,
@@ -109,12 +110,13 @@ class UniMPConfig(PreTrainedConfig):
         }
         defaults = {
             "perceiver_depth": 1,
-            "perceiver_num_latents": 8,
+            "perceiver_num_latents": 4,
             "perceiver_num_heads": 4,
-            "perceiver_head_dim": 32,
-            "cross_attn_every_n_layers": 2,
+            "perceiver_head_dim": 16,
+            "cross_attn_every_n_layers": 1,
             "cross_attn_num_heads": 4,
             "cross_attn_head_dim": 32,
+            "cross_attn_ff_mult": 2,
         }
         defaults.update(kwargs)
         return cls(vision_config=vision_config, text_config=text_config, **defaults)

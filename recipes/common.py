@@ -41,6 +41,8 @@ class RecipeArguments:
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Stop training (evaluating and saving first) after this many seconds."}
     )
+    use_images: bool = field(default=True, metadata={"help": "False: every item is image-less (ablation)."})
+    use_text_attributes: bool = field(default=True, metadata={"help": "False: items carry no text (ablation)."})
     # Model
     model_preset: str = field(default="tiny", metadata={"help": "tiny | paper (UniMPConfig class methods)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Start from a UniMP checkpoint."})
@@ -117,6 +119,8 @@ def render_examples(
     seed: int = 0,
     images: ImageCache | None = None,
     max_users: int | None = None,
+    use_images: bool = True,
+    use_text_attributes: bool = True,
 ) -> list[dict]:
     """Task records of `split`, rendered (training or evaluation form) with their images resolved.
 
@@ -134,6 +138,8 @@ def render_examples(
         if max_users is not None:
             records = records[:max_users]
         for record in records:
+            if not (use_images and use_text_attributes):
+                record = _ablate(record, use_images=use_images, use_text_attributes=use_text_attributes)
             rendered = render_record(
                 record, split, item_index=item_index, task_weights=task_weights, history_answer_marker=True
             )
@@ -164,6 +170,26 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = True
         return control
+
+
+def _ablate(record: dict, *, use_images: bool, use_text_attributes: bool) -> dict:
+    """A copy of `record` whose items lose their image and/or their text attributes (ablations, issue 5)."""
+
+    def strip(item: dict) -> dict:
+        item = dict(item)
+        if not use_images:
+            item["image"] = None
+        if not use_text_attributes:
+            item["attributes"] = []
+        return item
+
+    record = dict(record)
+    for key in ("history", "candidates"):
+        if key in record:
+            record[key] = [strip(item) for item in record[key]]
+    if isinstance(record.get("target"), dict):
+        record["target"] = strip(record["target"])
+    return record
 
 
 def write_json(data: dict, path: str | Path) -> None:

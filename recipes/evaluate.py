@@ -5,6 +5,7 @@ Usage: python -m recipes.evaluate CHECKPOINT_DIR [--dataset ml-100k-posters] [--
 
 import argparse
 import sys
+import time
 from collections import Counter
 
 import torch
@@ -70,6 +71,8 @@ def evaluate_recommendation(
     images: ImageCache | None = None,
     progress: bool = False,
     examples: list[dict] | None = None,
+    use_images: bool = True,
+    use_text_attributes: bool = True,
 ) -> dict:
     """Full-ranking metrics of UniMP and the popularity baseline on `split` (leave-one-out targets).
 
@@ -79,14 +82,17 @@ def evaluate_recommendation(
     if examples is None:  # pre-rendered examples (render_examples(..., tasks=["rec"], split=split)) may be passed
         examples = render_examples(
             dataset_dict, processor, tasks=["rec"], split=split, task_weights=None,
-            max_history_items=max_history_items, images=images, max_users=max_users,
+            max_history_items=max_history_items, images=images, max_users=max_users, use_images=use_images,
+            use_text_attributes=use_text_attributes,
         )
     targets = [example["target_index"] for example in examples]
     users = [example["user_id"] for example in examples]
+    started = time.perf_counter()
     scores = score_examples(model, processor, examples, batch_size=batch_size, progress=progress)
+    users_per_second = len(examples) / max(time.perf_counter() - started, 1e-9)
     history = training_history_mask(dataset_dict, processor, users, split)
     popularity = popularity_scores(dataset_dict, processor).expand(len(examples), -1)
-    results = {"num_users": len(examples), "unimp": ranking_metrics(scores, targets, ks),
+    results = {"num_users": len(examples), "eval_users_per_second": round(users_per_second, 1), "unimp": ranking_metrics(scores, targets, ks),
                "unimp_masked": ranking_metrics(scores, targets, ks, exclude=history),
                "pop": ranking_metrics(popularity, targets, ks),
                "pop_masked": ranking_metrics(popularity, targets, ks, exclude=history)}

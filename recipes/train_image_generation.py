@@ -1,0 +1,357 @@
+"""Train UniMP on user-guided image generation (issue 7, reference §2.2 (vi), §4.5), alone or mixed with other tasks,
+and generate the held-out test targets' images. YAML keys: RecipeArguments + ImageGenerationArguments +
+UniMPTrainingArguments.
+
+    python -m recipes.train_image_generation recipes/configs/imggen_ml100k.yaml [key=value ...]
+
+Writes into `output_dir`: the model, its processor (with the `<img_c>` tokens) and the image tokenizer it was trained
+with (`image_tokenizer/`, recorded in `config.image_tokenizer_name_or_path`), so `pipeline("unimp-generate-image",
+model=output_dir)` works from the folder alone; `image_codes.json` (item -> code string), `test_generations.jsonl`
+(one line per test user), `metrics.json` and `training_curve.png`. `benchmarks/image_generation.py` computes the
+feature-space metrics from these files.
+"""
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, set_seed
+
+from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPImageTokenizer
+from modeling_unimp.image_tokenizer_unimp import compute_psnr, compute_ssim
+from modeling_unimp.pipeline_image_generation_unimp import UniMPImageGenerationPipeline
+from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
+from processing import UniMPDataCollator, UniMPProcessor, train_catalogue_tokenizer
+from processing.datasets_unimp import build_image_generation_records, item_query, items_by_id
+from processing.prompt_templates import (
+    IMGGEN_INSTRUCTION,
+    QUERY_PREFIX,
+    TRAIN_SPLIT,
+    render_item_text,
+    render_record,
+)
+
+from .common import (
+    RecipeArguments,
+    TimeBudgetCallback,
+    load_dataset_dict,
+    render_examples,
+    write_json,
+    write_training_curve,
+)
+from .train_image_tokenizer import load_image as load_resized_image
+
+logger = logging.getLogger("unimp.recipes.train_image_generation")
+
+QUERY_SOURCES = ("title", "category", "title_and_category")
+IMAGE_TOKENIZER_SUBFOLDER = "image_tokenizer"  # relative to the checkpoint; the pipeline resolves it there
+# Template words of every task, so the tiny tokenizer learns them as whole tokens (reference §2.2).
+_TEMPLATE_TEXT = (
+    "What is the next item recommended to the user? What is the rating and explanation for the item? "
+    "Can you select the suitable item from above for the user? User history: Select from: Selection "
+    f"What is the related item ID to the query based on the history? {QUERY_PREFIX} Unknown Title ID "
+    f"{IMGGEN_INSTRUCTION}"
+)
+
+
+@dataclass
+class ImageGenerationArguments:
+    """The image-generation side of the recipe (STYLE.md §5: values in one place)."""
+
+    # Model
+    image_tokenizer_name_or_path: str = field(
+        default="outputs/image_tokenizer/ml-100k-posters",
+        metadata={"help": "A trained UniMPImageTokenizer (recipes/train_image_tokenizer.py); copied into output_dir."},
+    )
+    # Data
+    query_source: str = field(
+        default="title",
+        metadata={"help": "The query: the target's 'title' keywords, its 'category' / genres, or 'title_and_category' "
+                          "(datasets_unimp.item_query)."},
+    )
+    image_generation_max_history_items: int = field(
+        default=2, metadata={"help": "History items shown per image-generation prompt (2 in the reference, §2.2 vi)."}
+    )
+    # Evaluation
+    generation_batch_size: int = field(default=32, metadata={"help": "Test prompts per generate call."})
+    eval_do_sample: bool = field(default=False, metadata={"help": "Sample the test grids (else greedy, §4.5)."})
+    eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature when eval_do_sample."})
+    eval_top_k: int | None = field(default=None, metadata={"help": "Top-k of sampling when eval_do_sample."})
+    num_threads: int = field(default=2, metadata={"help": "torch CPU threads (the machine is shared)."})
+
+
+# ----------------------------------------------------------------------------------------------
+# Item images and codes
+# ----------------------------------------------------------------------------------------------
+
+def load_item_pixels(items: dict[str, dict], resolution: int, cache_path: Path | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """item_id -> (3, R, R) uint8 pixels of every item with a readable image, resized as the image tokenizer's recipe
+    does (JPEG draft decode, bicubic, aspect ratio not kept), cached at `cache_path`."""
+    paths = {item_id: item["image"] for item_id, item in items.items() if isinstance(item.get("image"), str)}
+    if cache_path is not None and cache_path.is_file():
+        cached = torch.load(cache_path)
+        if cached["paths"] == paths:
+            return cached["pixels"]
+    pixels = {}
+    for item_id, path in tqdm(paths.items(), desc=f"resize item images to {resolution} px", mininterval=10):
+        try:
+            pixels[item_id] = torch.from_numpy(load_resized_image(Path(path), resolution)).permute(2, 0, 1).contiguous()
+        except OSError:
+            logger.warning("item %s: image %s does not decode; the item has no codes", item_id, path)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"paths": paths, "pixels": pixels}, cache_path)
+    return pixels
+
+
+@torch.no_grad()
+def encode_item_codes(image_tokenizer: UniMPImageTokenizer, pixels: dict[str, torch.Tensor], batch_size: int = 256
+                      ) -> dict[str, list[int]]:
+    """item_id -> the S codes of its image (row-major grid)."""
+    item_ids = list(pixels)
+    codes = {}
+    for start in range(0, len(item_ids), batch_size):
+        chunk = item_ids[start : start + batch_size]
+        batch = torch.stack([pixels[item_id] for item_id in chunk]).float() / 127.5 - 1.0  # (b, 3, R, R) in [-1, 1]
+        for item_id, row in zip(chunk, image_tokenizer.encode(batch)):
+            codes[item_id] = row.tolist()
+    return codes
+
+
+def to_pil(pixels: torch.Tensor) -> Image.Image:
+    """(3, R, R) uint8 -> an RGB PIL image."""
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------
+
+def image_generation_query(item: dict, source: str) -> str:
+    """The query for a target item (reference §2.2 vi): title keywords, category, or both."""
+    if source not in QUERY_SOURCES:
+        raise ValueError(f"query_source={source!r} must be one of {QUERY_SOURCES}")
+    if source == "title_and_category":
+        parts = [item_query(item, source="title"), item.get("category") or ""]
+        return " ".join(dict.fromkeys(part for part in parts if part))  # drop the duplicate when they coincide
+    return item_query(item, source=source)
+
+
+def build_records(dataset_dict, items, code_strings, split: str, generation: ImageGenerationArguments,
+                  num_windows_per_user: int | None, seed: int, max_users: int | None = None) -> list[dict]:
+    """Image-generation records of `split` with the configured query; history items carry 64-px PIL images."""
+    records = build_image_generation_records(
+        dataset_dict[split], items, image_codes=code_strings, split=split,
+        max_history_items=generation.image_generation_max_history_items,
+        num_windows_per_user=num_windows_per_user, seed=seed,
+    )
+    if max_users is not None:
+        records = records[:max_users]
+    for record in records:
+        record["query"] = image_generation_query(record["target"], generation.query_source)
+    return records
+
+
+def build_model(recipe: RecipeArguments, dataset_dict, items: dict[str, dict], num_image_code_tokens: int):
+    """A fresh UniMP preset (optionally with a pretrained vision tower) and a processor with `<img_c>` tokens."""
+    if recipe.model_name_or_path:
+        model = UniMPForConditionalGeneration.from_pretrained(recipe.model_name_or_path)
+        processor = UniMPProcessor.from_pretrained(recipe.model_name_or_path)
+        if processor.num_image_code_tokens != num_image_code_tokens:
+            raise ValueError(f"{recipe.model_name_or_path} has {processor.num_image_code_tokens} <img_c> tokens, the "
+                             f"image tokenizer {num_image_code_tokens} codes")
+        return model, processor
+    if recipe.model_preset not in ("tiny", "paper"):
+        raise ValueError(f"model_preset must be 'tiny' or 'paper', got {recipe.model_preset!r}")
+    model = UniMPForConditionalGeneration(getattr(UniMPConfig, recipe.model_preset)())
+    if recipe.vision_model_name_or_path:  # a tower pretrained by recipes.pretrain_vision
+        from transformers import AutoModel
+
+        tower = AutoModel.from_pretrained(recipe.vision_model_name_or_path)
+        model.model.vision_model.load_state_dict(tower.state_dict())
+    corpus = [render_item_text(item["attributes"]) for item in items.values()] + [_TEMPLATE_TEXT] * 20
+    tokenizer = train_catalogue_tokenizer(corpus, vocab_size=recipe.tokenizer_vocab_size)
+    processor = UniMPProcessor.from_catalogue(
+        tokenizer, item_ids=list(items), item_titles=[item["title"] or "" for item in items.values()],
+        item_images=[item["image"] for item in items.values()], image_size=model.config.vision_config.image_size,
+        num_image_code_tokens=num_image_code_tokens,
+    )
+    processor.prepare_model(model)
+    return model, processor
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+def generate_test_images(pipe: UniMPImageGenerationPipeline, records: list[dict], generation: ImageGenerationArguments,
+                         ) -> list[list[int]]:
+    """The generated S codes of each record's target, through the pipeline (constrained decoding)."""
+    decoding = {"do_sample": generation.eval_do_sample}
+    if generation.eval_do_sample:
+        decoding.update(temperature=generation.eval_temperature, top_k=generation.eval_top_k)
+    codes = []
+    batch = generation.generation_batch_size
+    for start in tqdm(range(0, len(records), batch), desc="generate test images", mininterval=10):
+        inputs = [{"history": record["history"], "query": record["query"]} for record in records[start : start + batch]]
+        outputs = pipe(inputs, batch_size=batch, return_codes=True,
+                       max_history_items=generation.image_generation_max_history_items, **decoding)
+        codes.extend(output["codes"] for output in outputs)
+    return codes
+
+
+@torch.no_grad()
+def score_generations(image_tokenizer: UniMPImageTokenizer, generated: torch.Tensor, targets: torch.Tensor,
+                      target_pixels: torch.Tensor) -> dict[str, float]:
+    """Pixel and code metrics of generated grids against the real targets, with the tokenizer's own reconstruction
+    of the targets as the upper bound.
+
+    Args:
+        generated, targets: (n, S) code grids.
+        target_pixels: (n, 3, R, R) uint8 real target images.
+    Returns: code_accuracy (mean_i,s 1[generated = target code]), psnr / ssim of generated vs real, and
+        reconstruction_psnr / reconstruction_ssim of decode(target codes) vs real (data range 1).
+    """
+    real = target_pixels.float() / 255.0
+    metrics = {"code_accuracy": (generated == targets).double().mean().item()}
+    for name, codes in (("generated", generated), ("reconstruction", targets)):
+        decoded = torch.cat([image_tokenizer.decode(codes[start : start + 256]) for start in range(0, len(codes), 256)])
+        decoded = ((decoded.clamp(-1, 1) + 1) / 2 * 255).round() / 255  # what the PNG holds
+        metrics[f"{name}_psnr"] = compute_psnr(decoded, real).clamp(max=100).mean().item()
+        metrics[f"{name}_ssim"] = compute_ssim(decoded, real).mean().item()
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training: UniMPTrainingArguments) -> dict:
+    """Train on the configured tasks (imggen required), save, generate the test users' targets; returns metrics."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(generation.num_threads)
+    if "imggen" not in recipe.tasks:
+        raise ValueError(f"tasks={recipe.tasks} must include 'imggen'; add e.g. 'rec' to mix it with recommendation")
+    set_seed(training.seed)
+    started = time.time()
+    output_dir = Path(training.output_dir)
+    dataset_dict = load_dataset_dict(recipe)
+    items = items_by_id(dataset_dict["items"])
+    image_tokenizer = UniMPImageTokenizer.from_pretrained(generation.image_tokenizer_name_or_path).eval()
+    resolution = image_tokenizer.config.resolution
+    pixels = load_item_pixels(items, resolution, output_dir / "cache" / f"item_pixels_{resolution}px.pt")
+    item_codes = encode_item_codes(image_tokenizer, pixels)
+    code_strings = {item_id: image_tokenizer.codes_to_string(codes) for item_id, codes in item_codes.items()}
+    write_json(code_strings, output_dir / "image_codes.json")
+    logger.info("%d of %d items have image codes (%d per image, codebook %d)", len(item_codes), len(items),
+                image_tokenizer.config.num_image_codes, image_tokenizer.config.codebook_size)
+
+    model, processor = build_model(recipe, dataset_dict, items, image_tokenizer.config.codebook_size)
+    model.config.image_tokenizer_name_or_path = IMAGE_TOKENIZER_SUBFOLDER
+    set_trainable(model, training.trainable_stage)
+    vision_size = model.config.vision_config.image_size
+    images = {item_id: to_pil(p) if resolution == vision_size else to_pil(p).resize((vision_size, vision_size),
+              Image.Resampling.BICUBIC) for item_id, p in pixels.items()}
+    image_items = {item_id: {**item, "image": images.get(item_id)} for item_id, item in items.items()}
+
+    train_records = build_records(dataset_dict, image_items, code_strings, TRAIN_SPLIT, generation,
+                                  recipe.num_windows_per_user, training.seed)
+    train_examples = [render_record(record, TRAIN_SPLIT, task_weights=training.task_weights)
+                      for record in train_records]
+    other_tasks = [task for task in recipe.tasks if task != "imggen"]
+    if other_tasks:  # e.g. rec: common's records name images by path; give them the same decoded 64-px images
+        path_images = {item["image"]: images.get(item_id) for item_id, item in items.items() if item.get("image")}
+        train_examples.extend(render_examples(
+            dataset_dict, processor, tasks=other_tasks, split=TRAIN_SPLIT, task_weights=training.task_weights,
+            max_history_items=training.max_history_items, num_windows_per_user=recipe.num_windows_per_user,
+            seed=training.seed, images=lambda image: path_images.get(image) if isinstance(image, str) else image,
+        ))
+    logger.info("%d training examples (%s)", len(train_examples),
+                ", ".join(f"{task}: {sum(e['task'] == task for e in train_examples)}" for task in recipe.tasks))
+
+    trainer = UniMPTrainer(
+        model=model,
+        args=training,
+        train_dataset=train_examples,
+        data_collator=UniMPDataCollator(processor, context_weight=training.context_weight),
+    )
+    if recipe.max_train_seconds:
+        trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds))
+    trainer.train()
+    train_seconds = time.time() - started
+    model = trainer.model.eval()
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    image_tokenizer.save_pretrained(output_dir / IMAGE_TOKENIZER_SUBFOLDER)
+
+    test_records = build_records(dataset_dict, image_items, code_strings, "test", generation, None, training.seed,
+                                 max_users=recipe.max_test_users)
+    pipe = UniMPImageGenerationPipeline(model=model, processor=processor, image_tokenizer=image_tokenizer,
+                                        device=model.device)
+    generated = generate_test_images(pipe, test_records, generation)
+    with open(output_dir / "test_generations.jsonl", "w") as handle:
+        for record, codes in zip(test_records, generated):
+            handle.write(json.dumps({
+                "user_id": record["user_id"], "history_item_ids": [item["item_id"] for item in record["history"]],
+                "target_item_id": record["target"]["item_id"], "query": record["query"], "generated_codes": codes,
+            }) + "\n")
+    target_ids = [record["target"]["item_id"] for record in test_records]
+    scores = score_generations(
+        image_tokenizer, torch.tensor(generated), torch.tensor([item_codes[t] for t in target_ids]),
+        torch.stack([pixels[t] for t in target_ids]),
+    )
+    metrics = {
+        "dataset": recipe.dataset, "protocol": recipe.protocol, "tasks": recipe.tasks, "split": "test",
+        "query_source": generation.query_source, "num_test_users": len(test_records),
+        "num_train_examples": len(train_examples), "global_step": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
+        "train_loss": _last(trainer.state.log_history, "loss"), "decoding": "sample" if generation.eval_do_sample
+        else "greedy", **scores,
+    }
+    write_json(metrics, output_dir / "metrics.json")
+    write_json({"recipe": asdict(recipe), "image_generation": asdict(generation)}, output_dir / "recipe_args.json")
+    write_training_curve(trainer.state.log_history, output_dir / "training_curve.png", metric="loss")
+    return metrics
+
+
+def _last(log_history: list[dict], key: str):
+    values = [entry[key] for entry in log_history if key in entry]
+    return values[-1] if values else None
+
+
+def parse_args(argv: list[str]) -> tuple[RecipeArguments, ImageGenerationArguments, UniMPTrainingArguments]:
+    """`train_image_generation.py CONFIG.yaml [key=value ...]`: the YAML, then overrides parsed as YAML scalars."""
+    import yaml
+
+    if not argv or not argv[0].endswith((".yaml", ".yml")):
+        raise SystemExit("usage: python -m recipes.train_image_generation CONFIG.yaml [key=value ...]")
+    values = yaml.safe_load(Path(argv[0]).read_text()) or {}
+    for override in argv[1:]:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise SystemExit(f"override {override!r} is not key=value")
+        values[key.lstrip("-")] = yaml.safe_load(value)
+    parser = HfArgumentParser((RecipeArguments, ImageGenerationArguments, UniMPTrainingArguments))
+    return parser.parse_dict(values)
+
+
+__all__ = [
+    "ImageGenerationArguments",
+    "build_records",
+    "encode_item_codes",
+    "image_generation_query",
+    "load_item_pixels",
+    "main",
+    "score_generations",
+]
+
+if __name__ == "__main__":
+    print(json.dumps(main(*parse_args(sys.argv[1:])), indent=2))
+    sys.exit(0)
