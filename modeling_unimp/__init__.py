@@ -40,3 +40,24 @@ __all__ = [
     "UniMPImageTokenizer",
     "UniMPImageTokenizerConfig",
 ]
+
+# The custom pipeline: pipeline("unimp-recommend", model=...) in-library (see pipeline_unimp.py for remote code).
+from transformers.pipelines import PIPELINE_REGISTRY  # noqa: E402
+
+from .pipeline_unimp import UniMPRecommendPipeline  # noqa: E402
+
+PIPELINE_REGISTRY.register_pipeline(
+    "unimp-recommend", pipeline_class=UniMPRecommendPipeline, pt_model=AutoModelForImageTextToText, type="multimodal"
+)
+__all__ += ["UniMPRecommendPipeline"]
+
+# pipeline("unimp-generate-image", model=...): history + query -> a generated item image (issue 7).
+from .pipeline_image_generation_unimp import UniMPImageGenerationPipeline  # noqa: E402
+
+PIPELINE_REGISTRY.register_pipeline(
+    "unimp-generate-image",
+    pipeline_class=UniMPImageGenerationPipeline,
+    pt_model=AutoModelForImageTextToText,
+    type="multimodal",
+)
+__all__ += ["UniMPImageGenerationPipeline"]

@@ -453,7 +453,9 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
         return logits[..., start : start + self.config.num_items]
 
     @torch.no_grad()
-    def score_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+    def score_items(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs
+    ) -> torch.Tensor:
         """Exact full-catalogue scores at the end of left-padded prompts that stop right after `<answer>`.
 
         Args: the processor's batch for prompts ending in `<answer>` (left padding: position -1 is the answer slot).

@@ -18,7 +18,9 @@ from .prompt_templates import (
     IMAGE_TOKEN,
     RATING_TOKENS,
     SELECTION_TOKENS,
+    image_code_token,
     item_token,
+    render_record,
 )
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §1.2: CLIP normalisation
@@ -90,16 +92,27 @@ class UniMPProcessor(ProcessorMixin):
         item_ids: list[str] | None = None,
         item_titles: list[str] | None = None,
         item_images: list[str | None] | None = None,
+        num_image_code_tokens: int = 0,
+        item_attributes: list[list[list[str]]] | None = None,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
+        self.num_image_code_tokens = int(num_image_code_tokens)  # K `<img_c>` tokens of the image-generation task
         self.item_ids = list(item_ids or [])
         self.item_titles = list(item_titles) if item_titles is not None else [""] * len(self.item_ids)
         self.item_images = list(item_images) if item_images is not None else [None] * len(self.item_ids)
-        if not (len(self.item_ids) == len(self.item_titles) == len(self.item_images)):
+        # the ordered (key, value) text attributes each item was trained with, so an id alone renders the same
+        # chunk at inference as in training (JSON keeps them as [key, value] lists)
+        self.item_attributes = (
+            [[[str(key), "" if value is None else str(value)] for key, value in pairs] for pairs in item_attributes]
+            if item_attributes is not None else None
+        )
+        lengths = [len(self.item_ids), len(self.item_titles), len(self.item_images)]
+        lengths += [len(self.item_attributes)] if self.item_attributes is not None else []
+        if len(set(lengths)) != 1:
             raise ValueError(
-                f"item_ids ({len(self.item_ids)}), item_titles ({len(self.item_titles)}) and item_images "
-                f"({len(self.item_images)}) must have one entry per catalogue item"
+                f"item_ids, item_titles, item_images and item_attributes have {lengths} entries; each needs one "
+                "entry per catalogue item"
             )
         self._item_index = {item_id: index for index, item_id in enumerate(self.item_ids)}
         if len(self._item_index) != len(self.item_ids):
@@ -113,15 +126,19 @@ class UniMPProcessor(ProcessorMixin):
         item_ids: Sequence[str],
         item_titles: Sequence[str] | None = None,
         item_images: Sequence[str | None] | None = None,
+        item_attributes: Sequence[Sequence[tuple[str, str]]] | None = None,
         *,
         image_size: int = 224,
         image_processor=None,
+        num_image_code_tokens: int = 0,
     ) -> "UniMPProcessor":
         """Add UniMP's tokens to `tokenizer` (reference §1.5) and build the processor.
 
-        The `<item_k>` tokens are added last, so they form one contiguous id range (fast exact ranking).
+        The `<item_k>` tokens are added after the fixed tokens, so they form one contiguous id range (fast exact
+        ranking); `num_image_code_tokens` > 0 (the image tokenizer's codebook size K) then adds `<img_0>` ...
+        `<img_{K-1}>`, another contiguous range, for user-guided image generation (issue 7, reference §2.2 vi).
         Added tokens strip the space on their left, so `<answer> <item_3>` is exactly two tokens and the item
-        token directly follows `<answer>`.
+        token directly follows `<answer>`; a code string `<img_3> <img_41>` is exactly two tokens.
         """
         special = [IMAGE_TOKEN, END_OF_CHUNK_TOKEN, ANSWER_TOKEN]
         tokenizer.add_special_tokens(
@@ -134,12 +151,20 @@ class UniMPProcessor(ProcessorMixin):
         plain = [*RATING_TOKENS, *SELECTION_TOKENS]
         tokenizer.add_tokens([AddedToken(t, lstrip=True, normalized=False) for t in plain])
         tokenizer.add_tokens([AddedToken(item_token(k), lstrip=True, normalized=False) for k in range(len(item_ids))])
+        if num_image_code_tokens < 0:
+            raise ValueError(f"num_image_code_tokens must be >= 0 (the image tokenizer's codebook size), got "
+                             f"{num_image_code_tokens}")
+        tokenizer.add_tokens(
+            [AddedToken(image_code_token(c), lstrip=True, normalized=False) for c in range(num_image_code_tokens)]
+        )
         return cls(
             image_processor=image_processor or make_image_processor(image_size),
             tokenizer=tokenizer,
             item_ids=[str(i) for i in item_ids],
             item_titles=list(item_titles) if item_titles is not None else None,
             item_images=list(item_images) if item_images is not None else None,
+            item_attributes=list(item_attributes) if item_attributes is not None else None,
+            num_image_code_tokens=num_image_code_tokens,
         )
 
     @property
@@ -153,6 +178,13 @@ class UniMPProcessor(ProcessorMixin):
         return self.tokenizer.convert_tokens_to_ids(item_token(0))
 
     @property
+    def image_code_token_start_id(self) -> int | None:
+        """Vocabulary id of `<img_0>`; code c is `image_code_token_start_id + c`. None without code tokens."""
+        if not self.num_image_code_tokens:
+            return None
+        return self.tokenizer.convert_tokens_to_ids(image_code_token(0))
+
+    @property
     def image_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
@@ -163,6 +195,13 @@ class UniMPProcessor(ProcessorMixin):
             start + self.num_items - 1
         ):
             raise ValueError("the <item_k> tokens are not contiguous in the vocabulary; rebuild the processor")
+        code_ids = {}
+        if self.num_image_code_tokens:  # only processors built with code tokens record them (issue 7)
+            code_start = self.image_code_token_start_id
+            last = self.tokenizer.convert_tokens_to_ids(image_code_token(self.num_image_code_tokens - 1))
+            if last != code_start + self.num_image_code_tokens - 1:
+                raise ValueError("the <img_c> tokens are not contiguous in the vocabulary; rebuild the processor")
+            code_ids = {"image_code_token_start_id": code_start, "num_image_code_tokens": self.num_image_code_tokens}
         return {
             "image_token_id": self.image_token_id,
             "end_of_chunk_token_id": self.tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN),
@@ -172,6 +211,7 @@ class UniMPProcessor(ProcessorMixin):
             "pad_token_id": self.tokenizer.pad_token_id,
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            **code_ids,
         }
 
     def prepare_model(self, model) -> None:
@@ -200,6 +240,32 @@ class UniMPProcessor(ProcessorMixin):
             k = int(token_id) - start if start is not None else -1
             out.append(self.item_ids[k] if 0 <= k < self.num_items else None)
         return out
+
+    def render_prompt(self, record: dict, **template_kwargs) -> dict:
+        """Render an inference prompt: `render_record` in its evaluation form with this processor's catalogue.
+
+        The prompt ends right after the final `<answer>` and history labels keep their `<answer>` marker, as in
+        the evaluation prompts of `recipes` (reference §8.7). Fields that only the answer needs may be omitted:
+        a rec/search `target` (the prompt never shows it), an exp target's `rating`, select `answer_slots`.
+
+        Args:
+            record: a `render_record` record (`task`, `history` of item dicts, task fields such as `query`).
+            template_kwargs: other `render_record` arguments (word budgets, task_weights).
+        Returns: {"text", "images", "task", "task_weight"}, ready for `__call__(..., padding_side="left")`.
+        """
+        record = dict(record)
+        task, history = record.get("task"), record.get("history") or []
+        if task in ("rec", "search") and record.get("target") is None and history:
+            record["target"] = history[-1]  # placeholder: the evaluation form stops before the answer
+        elif task == "exp" and isinstance(record.get("target"), dict) and record["target"].get("rating") is None:
+            record["target"] = {**record["target"], "rating": 1}
+        elif task == "select" and not record.get("answer_slots"):
+            record["answer_slots"] = [0]
+        rendered = render_record(
+            record, "test", item_index=self._item_index, history_answer_marker=True, **template_kwargs
+        )
+        rendered.pop("answer")
+        return rendered
 
     # ------------------------------------------------------------------ encoding
     def __call__(

@@ -83,6 +83,7 @@ def build_processor(dataset_dict, recipe: RecipeArguments, image_size: int, toke
         item_ids=list(items),
         item_titles=[item["title"] or "" for item in items.values()],
         item_images=[item["image"] for item in items.values()],
+        item_attributes=[item["attributes"] for item in items.values()],
         image_size=image_size,
     )
 

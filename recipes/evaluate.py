@@ -92,7 +92,8 @@ def evaluate_recommendation(
     users_per_second = len(examples) / max(time.perf_counter() - started, 1e-9)
     history = training_history_mask(dataset_dict, processor, users, split)
     popularity = popularity_scores(dataset_dict, processor).expand(len(examples), -1)
-    results = {"num_users": len(examples), "eval_users_per_second": round(users_per_second, 1), "unimp": ranking_metrics(scores, targets, ks),
+    results = {"num_users": len(examples), "eval_users_per_second": round(users_per_second, 1),
+               "unimp": ranking_metrics(scores, targets, ks),
                "unimp_masked": ranking_metrics(scores, targets, ks, exclude=history),
                "pop": ranking_metrics(popularity, targets, ks),
                "pop_masked": ranking_metrics(popularity, targets, ks, exclude=history)}

@@ -391,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
         logger.warning("the terms of %r forbid redistributing the data, and the processor's catalogue carries its item "
                        "ids and titles; consider --private (see the model card's licence notes)", dataset_name)
     export_dir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="unimp-push-"))
+    if export_dir.is_dir() and any(export_dir.iterdir()):  # everything in it is uploaded
+        raise ValueError(f"--export-dir {export_dir} is not empty; give a new or empty folder")
     image_root = Path(args.image_root) if args.image_root else source_folder
     model, processor = export_checkpoint(checkpoint, export_dir, custom_pipeline=args.custom_pipeline,
                                          item_image_paths=args.item_image_paths, image_root=image_root)

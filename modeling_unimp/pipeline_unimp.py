@@ -1,0 +1,434 @@
+"""UniMPRecommendPipeline, task "unimp-recommend": a user's history -> ranked catalogue items (reference §4).
+
+Checkpoint file: imports torch, transformers and PIL only, so `trust_remote_code=True` loads it from a checkpoint.
+"""
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+TASKS = ("rec", "search", "exp", "select")
+METHODS = ("exact", "beam")
+# The processor's added answer tokens (processing/prompt_templates.py RATING_TOKENS, SELECTION_TOKENS and
+# END_OF_CHUNK_TOKEN); spelled out here because a checkpoint file may import same-folder modules only.
+RATING_TOKENS = tuple(f"rate_{r}" for r in range(1, 6))
+SELECTION_TOKENS = tuple(f"s_{i}" for i in range(5))
+END_OF_CHUNK_TOKEN = "<|endofchunk|>"
+DEFAULT_MAX_HISTORY_ITEMS = 10  # the recipes' default history window (recipes/configs/ml100k_tiny.yaml)
+DEFAULT_BATCH_SIZE = 16
+# Beam widths and lengths of the reference's evaluation scripts (reference §4.1, §4.3, §4.4).
+DEFAULT_NUM_BEAMS = {"rec": 10, "search": 10, "exp": 5, "select": 2}
+DEFAULT_EXP_MAX_NEW_TOKENS = 64  # a rating token + an explanation cut to 30 words (prompt_templates budget)
+
+
+class _UniMPAllowedTokens(LogitsProcessor):
+    """Keep only allowed tokens: `first` (B, V) for the first generated token, `later` (B, V) or None afterwards;
+    with `no_repeat`, a token of `first` is allowed once per answer (selection slots).
+
+    Rows are repeated to the (B * beams, V) score matrix of beam search.
+    """
+
+    def __init__(self, first: torch.Tensor, later: torch.Tensor | None, prompt_length: int, no_repeat: bool = False):
+        self.first, self.later, self.prompt_length, self.no_repeat = first, later, prompt_length, no_repeat
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        is_first = input_ids.shape[1] == self.prompt_length
+        allowed = self.first if is_first else self.later
+        if allowed is None:
+            return scores
+        repeat = scores.shape[0] // allowed.shape[0]
+        allowed = allowed.to(scores.device).repeat_interleave(repeat, dim=0)  # (B * beams, V)
+        if self.no_repeat and not is_first:
+            used = torch.zeros_like(allowed).scatter_(1, input_ids[:, self.prompt_length :], True)
+            allowed = allowed & ~(used & self.first.to(scores.device).repeat_interleave(repeat, dim=0))
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+class UniMPRecommendPipeline(Pipeline):
+    r"""Recommend catalogue items from a user's history with a UniMP checkpoint and its `UniMPProcessor`.
+
+    A history is a list of items, oldest first: catalogue item ids (str), or item dicts
+    `{"item_id"?, "attributes"?: [(key, value), ...], "title"?, "image"?: PIL image | path | None, ...}`. Ids
+    are expanded from the processor's catalogue (its stored attributes, else a `Title`, and the catalogue
+    image), or from `items` (item_id -> item dict, e.g. `processing.datasets_unimp.items_by_id(dataset["items"])`) to render exactly
+    the training-time attributes. Only the last `max_history_items` items are shown to the model.
+
+    Tasks (`task=`, or a `"task"` key per record `{"history": [...], "task", "query", "target", "candidates"}`):
+    - "rec" (default): the next item; `[{"item_id", "score", "title", "image"}]`, best first. `method="exact"`
+      scores the whole catalogue in one forward pass (`score_items`; score = softmax over the catalogue's item
+      tokens); `method="beam"` runs `generate(num_beams=...)` over the item tokens, the reference's decoding
+      (§4.1), and gives the same ranking for single-token items.
+    - "search": as "rec", for a `query` string (§4.2).
+    - "exp": the rating and explanation of a `target` item; history items need a `rating` (1-5).
+      Returns `{"rating", "explanation", "generated_text"}`; the first generated token is constrained to a rating.
+    - "select": which of 1-5 `candidates` suit the user (§4.3); returns `{"slots", "item_ids", "generated_text"}`.
+
+    A list of histories (or records) is a batch: left-padded and scored `batch_size` at a time. An unknown item id
+    raises `KeyError` naming it, an empty history `ValueError`; an image that does not decode makes its item
+    text-only, with a warning.
+
+    Loading (transformers requires `trust_remote_code=True` for any checkpoint whose config lists the task in
+    `custom_pipelines`, even where this package is installed, so each checkpoint carries one scheme):
+    - in memory, package imported: `pipeline("unimp-recommend", model=model, processor=processor)`;
+    - a `save_pretrained` folder (recipes/train.py output, no `custom_pipelines`), package imported:
+      `pipeline("unimp-recommend", model=folder)`;
+    - a published checkpoint (recipes/push_to_hub.py writes `custom_pipelines` and copies this file), with or
+      without the package: `pipeline("unimp-recommend", model=repo_id, trust_remote_code=True)`; to run the
+      installed code instead, pass `pipeline_class=UniMPRecommendPipeline`.
+
+    Example (an untrained model, so the ranking itself means nothing):
+        >>> from transformers import pipeline
+        >>> from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
+        >>> from processing import UniMPProcessor, train_catalogue_tokenizer
+        >>> tokenizer = train_catalogue_tokenizer(["Title Toy Story Heat Up"], vocab_size=300)
+        >>> processor = UniMPProcessor.from_catalogue(tokenizer, ["m1", "m2", "m3"], ["Toy Story", "Heat", "Up"],
+        ...                                           image_size=64)
+        >>> model = UniMPForConditionalGeneration(UniMPConfig.tiny()).eval()
+        >>> processor.prepare_model(model)
+        >>> recommend = pipeline("unimp-recommend", model=model, processor=processor, device="cpu")
+        >>> top = recommend(["m1", {"item_id": "m2", "image": None}], top_k=2)
+        >>> [sorted(result) for result in top]
+        [['image', 'item_id', 'score', 'title'], ['image', 'item_id', 'score', 'title']]
+        >>> [r["item_id"] for r in recommend([["m1"], ["m2", "m3"]], top_k=3, method="beam")[1]] == [
+        ...     r["item_id"] for r in recommend(["m2", "m3"], top_k=3)]
+        True
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _pipeline_calls_generate = False  # _forward calls generate with per-task settings
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processor is None:
+            raise ValueError("UniMPRecommendPipeline needs the checkpoint's UniMPProcessor: pass processor=...")
+        if not hasattr(self.processor, "render_prompt"):
+            raise ValueError(f"{type(self.processor).__name__} has no render_prompt: the checkpoint's processor code "
+                             "predates this pipeline; re-save the processor with the current unimp package")
+        config = self.model.config
+        if (config.num_items, config.item_token_start_id) != (
+            self.processor.num_items,
+            self.processor.item_token_start_id,
+        ):
+            raise ValueError(
+                f"the processor's catalogue ({self.processor.num_items} items from token "
+                f"{self.processor.item_token_start_id}) does not match the model config ({config.num_items} items "
+                f"from token {config.item_token_start_id}); load both from the same checkpoint"
+            )
+
+    # ------------------------------------------------------------------ parameters
+    def _sanitize_parameters(
+        self,
+        task: str | None = None,
+        query: str | None = None,
+        target=None,
+        candidates=None,
+        max_history_items: int | None = None,
+        items=None,
+        image_root: str | None = None,
+        method: str | None = None,
+        top_k: int | None = None,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        exclude_history: bool | None = None,
+    ):
+        preprocess, forward, postprocess = {}, {}, {}
+        if task is not None:
+            if task not in TASKS:
+                raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+            preprocess["task"] = task
+        for name, value in (("query", query), ("target", target), ("candidates", candidates)):
+            if value is not None:
+                preprocess[name] = value
+        if max_history_items is not None:
+            if max_history_items < 1:
+                raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
+            preprocess["max_history_items"] = max_history_items
+        if items is not None:
+            preprocess["items"] = items if isinstance(items, Mapping) else {str(i["item_id"]): i for i in items}
+        if image_root is not None:
+            preprocess["image_root"] = postprocess["image_root"] = str(image_root)
+        if method is not None:
+            if method not in METHODS:
+                raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            forward["method"] = method
+        if top_k is not None:
+            if top_k < 1:
+                raise ValueError(f"top_k must be >= 1, got {top_k}")
+            forward["top_k"] = postprocess["top_k"] = top_k
+        if num_beams is not None:
+            forward["num_beams"] = num_beams
+        if max_new_tokens is not None:
+            forward["max_new_tokens"] = max_new_tokens
+        if exclude_history is not None:
+            forward["exclude_history"] = postprocess["exclude_history"] = exclude_history
+        return preprocess, forward, postprocess
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, inputs, *, batch_size: int | None = None, **kwargs):
+        """Recommend for one history (a list of ids or item dicts, or a record dict) or a list of them.
+
+        Args:
+            inputs: a history, a record `{"history", "task"?, "query"?, "target"?, "candidates"?}`, or a list of
+                histories/records (a batch).
+            batch_size: records per forward pass (default 16, or the pipeline's `batch_size`).
+            kwargs: `task`, `query`, `target`, `candidates` (defaults for every record), `top_k` (10),
+                `method` ("exact" | "beam"), `max_history_items` (10), `exclude_history` (False: seen items
+                stay rankable, the sequential convention), `num_beams`, `max_new_tokens`, `items`, `image_root`.
+        Returns: one result for one history, a list of results for a batch (see the class docstring).
+        """
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        preprocess_params = {**self._preprocess_params, **preprocess_params}
+        forward_params = {**self._forward_params, **forward_params}
+        postprocess_params = {**self._postprocess_params, **postprocess_params}
+        defaults = {name: preprocess_params.pop(name) for name in ("task", "query", "target", "candidates")
+                    if name in preprocess_params}
+        records, single = _as_records(inputs)
+        records = [_with_defaults(record, defaults) for record in records]
+        batch_size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
+        results: list = [None] * len(records)
+        for task in TASKS:  # one task per forward pass: each task decodes differently
+            positions = [n for n, record in enumerate(records) if record["task"] == task]
+            for start in range(0, len(positions), batch_size):
+                chunk = positions[start : start + batch_size]
+                model_inputs = self.preprocess([records[n] for n in chunk], **preprocess_params)
+                model_outputs = self.forward(model_inputs, **forward_params)
+                for n, result in zip(chunk, self.postprocess(model_outputs, **postprocess_params)):
+                    results[n] = result
+        return results[0] if single else results
+
+    def preprocess(self, records: list[dict], max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS, items=None,
+                   image_root: str | None = None) -> dict:
+        """Records of one task -> the processor's left-padded batch plus what decoding needs."""
+        task = records[0]["task"]
+        prompts, history_indices, candidate_ids = [], [], []
+        for row, record in enumerate(records):
+            where = f"input {row}" if len(records) > 1 else "input"
+            history = record.get("history")
+            if not history:
+                raise ValueError(f"{where}: the history is empty; give at least one item id or item dict")
+            resolved = [
+                self._resolve_item(entry, f"{where} history[{n}]", items, image_root, task in ("rec", "search"))
+                for n, entry in enumerate(history)
+            ]
+            prompt_record = {"task": task, "history": resolved[-max_history_items:]}
+            if task == "search":
+                if not isinstance(record.get("query"), str) or not record["query"].strip():
+                    raise ValueError(f"{where}: task 'search' needs a non-empty `query` string")
+                prompt_record["query"] = record["query"]
+            elif task == "exp":
+                if record.get("target") is None:
+                    raise ValueError(f"{where}: task 'exp' needs the `target` item to rate and explain")
+                prompt_record["target"] = self._resolve_item(record["target"], f"{where} target", items, image_root,
+                                                             False)
+            elif task == "select":
+                candidates = record.get("candidates") or []
+                if not 1 <= len(candidates) <= len(SELECTION_TOKENS):
+                    raise ValueError(f"{where}: task 'select' needs 1 to {len(SELECTION_TOKENS)} `candidates`, got "
+                                     f"{len(candidates)}")
+                prompt_record["candidates"] = [
+                    self._resolve_item(entry, f"{where} candidates[{n}]", items, image_root, False)
+                    for n, entry in enumerate(candidates)
+                ]
+                candidate_ids.append([item.get("item_id") for item in prompt_record["candidates"]])
+            prompts.append(self.processor.render_prompt(prompt_record))
+            history_indices.append(sorted({self.processor.item_index(item["item_id"]) for item in resolved
+                                           if item.get("item_id") is not None and self._is_known(item["item_id"])}))
+        batch = self.processor(text=[p["text"] for p in prompts], images=[p["images"] for p in prompts],
+                               padding_side="left")
+        return {"model_inputs": dict(batch), "task": task, "history_indices": history_indices,
+                "candidate_ids": candidate_ids}
+
+    def _forward(self, model_inputs: dict, method: str = "exact", top_k: int = 10, num_beams: int | None = None,
+                 max_new_tokens: int | None = None, exclude_history: bool = False) -> dict:
+        task, inputs = model_inputs["task"], model_inputs["model_inputs"]
+        outputs = {key: value for key, value in model_inputs.items() if key != "model_inputs"}
+        if task in ("rec", "search") and method == "exact":
+            outputs["item_logits"] = self.model.score_items(**inputs)  # (B, num_items), one forward pass
+            return outputs
+        batch, prompt_length = inputs["input_ids"].shape
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        tokenizer = self.processor.tokenizer
+        end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)]
+        first = torch.zeros(batch, vocab_size, dtype=torch.bool)
+        later = None
+        generate_kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": end_ids}
+        if task in ("rec", "search"):  # one item = one token: a one-step beam search over the item tokens
+            start, num_items = self.processor.item_token_start_id, self.processor.num_items
+            first[:, start : start + num_items] = True
+            if exclude_history:
+                for row, indices in enumerate(model_inputs["history_indices"]):
+                    first[row, [start + k for k in indices]] = False
+            num_return = max(1, min(top_k, int(first.sum(dim=1).min())))
+            generate_kwargs.update(num_beams=max(num_beams or DEFAULT_NUM_BEAMS[task], num_return),
+                                   num_return_sequences=num_return, max_new_tokens=1, output_logits=True,
+                                   return_dict_in_generate=True)
+        elif task == "exp":  # the answer starts with its rating token (reference §4.4), then free text
+            first[:, tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))] = True
+            generate_kwargs.update(num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
+                                   max_new_tokens=max_new_tokens or DEFAULT_EXP_MAX_NEW_TOKENS)
+        else:  # select: slot tokens of the row's candidates, at least one, then the end of the answer
+            for row, candidates in enumerate(model_inputs["candidate_ids"]):
+                first[row, tokenizer.convert_tokens_to_ids(list(SELECTION_TOKENS[: len(candidates)]))] = True
+            later = first.clone()
+            later[:, end_ids] = True
+            generate_kwargs.update(num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
+                                   max_new_tokens=max_new_tokens or len(SELECTION_TOKENS) + 1)
+        allowed = _UniMPAllowedTokens(first, later, prompt_length, no_repeat=task == "select")
+        generated = self.model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), **generate_kwargs)
+        if task in ("rec", "search"):
+            outputs["beam_tokens"] = generated.sequences[:, -1].view(batch, -1)  # (B, k), best first
+            logits = generated.logits[0].view(batch, -1, vocab_size)[:, 0]  # step 0: every beam holds the prompt
+            outputs["item_logits"] = self.model.item_logits(logits)  # (B, num_items)
+        else:
+            outputs["generated_ids"] = generated[:, prompt_length:]
+        return outputs
+
+    def postprocess(self, model_outputs: dict, top_k: int = 10, exclude_history: bool = False,
+                    image_root: str | None = None) -> list:
+        task = model_outputs["task"]
+        if task in ("rec", "search"):
+            return self._rank(model_outputs, top_k, exclude_history, image_root)
+        tokenizer = self.processor.tokenizer
+        results = []
+        for row, token_ids in enumerate(model_outputs["generated_ids"].tolist()):
+            end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)}
+            cut = next((n for n, token in enumerate(token_ids) if token in end_ids), len(token_ids))
+            token_ids = token_ids[:cut]
+            text = tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+            tokens = tokenizer.convert_ids_to_tokens(token_ids)
+            if task == "exp":
+                rating = RATING_TOKENS.index(tokens[0]) + 1 if tokens and tokens[0] in RATING_TOKENS else None
+                explanation = tokenizer.decode(token_ids[1:], skip_special_tokens=True).strip()
+                results.append({"rating": rating, "explanation": explanation, "generated_text": text})
+            else:
+                candidates = model_outputs["candidate_ids"][row]
+                slots = sorted({SELECTION_TOKENS.index(t) for t in tokens if t in SELECTION_TOKENS[: len(candidates)]})
+                text = " ".join(tokens)  # slot tokens only (constrained), spaced as in the template's answers
+                results.append({"slots": slots, "item_ids": [candidates[s] for s in slots], "generated_text": text})
+        return results
+
+    # ------------------------------------------------------------------ helpers
+    def _rank(self, model_outputs: dict, top_k: int, exclude_history: bool, image_root: str | None) -> list[list[dict]]:
+        item_logits = model_outputs["item_logits"].float()
+        probabilities = item_logits.softmax(dim=-1)  # (B, num_items): the score is over the whole catalogue
+        results = []
+        for row in range(item_logits.shape[0]):
+            if "beam_tokens" in model_outputs:
+                start = self.processor.item_token_start_id
+                indices = [token - start for token in model_outputs["beam_tokens"][row].tolist()]
+                indices = sorted(indices, key=lambda k: -float(item_logits[row, k]))[:top_k]
+            else:
+                logits = item_logits[row].clone()
+                if exclude_history:
+                    logits[model_outputs["history_indices"][row]] = float("-inf")
+                count = min(top_k, int(torch.isfinite(logits).sum()))
+                indices = torch.topk(logits, count).indices.tolist()
+            results.append([self._describe_item(int(k), float(probabilities[row, k]), image_root) for k in indices])
+        return results
+
+    def _is_known(self, item_id: str) -> bool:
+        try:
+            self.processor.item_index(item_id)
+        except KeyError:
+            return False
+        return True
+
+    def _describe_item(self, index: int, score: float, image_root: str | None) -> dict:
+        title = self.processor.item_titles[index] or None
+        image = _resolve_path(self.processor.item_images[index], image_root)
+        return {"item_id": self.processor.item_ids[index], "score": score, "title": title,
+                "image": image if isinstance(image, str) else None}
+
+    def _resolve_item(self, entry, where: str, items: Mapping | None, image_root: str | None,
+                      needs_token: bool) -> dict:
+        """An id or item dict -> the item dict `render_record` reads; catalogue fields fill what is missing."""
+        if isinstance(entry, (str, int)) and not isinstance(entry, bool):
+            entry = {"item_id": str(entry)}
+        elif not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected an item id (str) or an item dict, got {type(entry).__name__}")
+        item = dict(entry)
+        item_id = item.get("item_id")
+        known = item_id is not None and self._is_known(str(item_id))
+        if item_id is not None:
+            item["item_id"] = item_id = str(item_id)
+        if needs_token and not known:
+            if item_id is None:
+                raise ValueError(f"{where}: this task names history items by their catalogue token; give `item_id`")
+            self.processor.item_index(item_id)  # KeyError naming the unknown id
+        if known:
+            index = self.processor.item_index(item_id)
+            catalogue = dict(items[item_id]) if items is not None and item_id in items else {}
+            catalogue.setdefault("title", self.processor.item_titles[index] or None)
+            stored_attributes = getattr(self.processor, "item_attributes", None)
+            if stored_attributes is not None:  # the attributes the item was trained with
+                catalogue.setdefault("attributes", [tuple(pair) for pair in stored_attributes[index]])
+            catalogue.setdefault("image", _resolve_path(self.processor.item_images[index], image_root))
+            for key in ("title", "image", "attributes"):
+                if key not in item and catalogue.get(key) is not None:
+                    item[key] = catalogue[key]
+        if item.get("attributes") is None:
+            if item.get("title") is None:
+                if item_id is not None:
+                    self.processor.item_index(item_id)  # KeyError naming the unknown id
+                raise ValueError(f"{where}: an item dict needs `attributes` or a `title` (or a catalogue `item_id`)")
+            item["attributes"] = [("Title", item["title"])]
+        image = item.get("image")
+        if image is not None and not isinstance(image, (str, os.PathLike, bytes, Image.Image, Mapping)):
+            raise ValueError(f"{where}: `image` must be a PIL image, a file path or None, got {type(image).__name__}")
+        return item
+
+
+def _resolve_path(path, image_root: str | None):
+    if isinstance(path, str) and image_root is not None and not os.path.isabs(path):
+        return os.path.join(image_root, path)
+    return path
+
+
+def _is_item(entry) -> bool:
+    return isinstance(entry, (str, int)) or (isinstance(entry, Mapping) and "history" not in entry)
+
+
+def _as_records(inputs) -> tuple[list[dict], bool]:
+    """A history, a record, or a list of either -> (records, whether the input was a single one)."""
+    if isinstance(inputs, Mapping):
+        if "history" not in inputs:
+            raise ValueError("a record dict needs a `history` list; an item dict alone must be wrapped in a list")
+        return [dict(inputs)], True
+    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
+        raise ValueError(f"expected a list of item ids or item dicts (a history), or a list of histories; got "
+                         f"{type(inputs).__name__}")
+    if not inputs:
+        raise ValueError("the history is empty; give at least one item id or item dict")
+    if all(_is_item(entry) for entry in inputs):
+        return [{"history": list(inputs)}], True
+    records = []
+    for n, entry in enumerate(inputs):
+        if isinstance(entry, Mapping) and "history" in entry:
+            records.append(dict(entry))
+        elif isinstance(entry, Iterable) and not isinstance(entry, (str, Mapping)):
+            records.append({"history": list(entry)})
+        else:
+            raise ValueError(f"input {n}: a batch holds histories (lists) or records (dicts with `history`), got "
+                             f"{type(entry).__name__}; do not mix item ids and histories in one list")
+    return records, False
+
+
+def _with_defaults(record: dict, defaults: dict) -> dict:
+    record = {**{k: v for k, v in defaults.items() if k != "task"}, **record}
+    record["task"] = record.get("task") or defaults.get("task", "rec")
+    if record["task"] not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {record['task']!r}")
+    return record
+
+
+__all__ = ["UniMPRecommendPipeline"]

@@ -1,0 +1,338 @@
+"""pipeline("unimp-recommend"): in memory, from a saved folder, as remote code; exact vs beam ranking; bad input."""
+
+import copy
+import doctest
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import make_tiny_config
+from PIL import Image
+from transformers import pipeline
+
+from modeling_unimp import UniMPForConditionalGeneration, UniMPRecommendPipeline
+from modeling_unimp import pipeline_unimp as pipeline_module
+from processing import UniMPProcessor
+from processing.prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS, render_record
+
+NUM_ITEMS = 12
+ITEM_IDS = [f"m{k}" for k in range(NUM_ITEMS)]
+TITLES = [f"Movie {k}" for k in range(NUM_ITEMS)]
+COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]  # items m0-m5 have a poster, m6-m11 none
+HISTORY = ["m1", "m7", "m3"]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory, tiny_tokenizer):
+    """A 12-item processor (half with poster files) and a matching tiny model with open gates."""
+    folder = tmp_path_factory.mktemp("posters")
+    images = []
+    for k in range(NUM_ITEMS):
+        if k < len(COLORS):
+            path = folder / f"m{k}.png"
+            Image.new("RGB", (32, 32), COLORS[k]).save(path)
+            images.append(str(path))
+        else:
+            images.append(None)
+    processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ITEM_IDS, TITLES, images, image_size=32)
+    torch.manual_seed(0)
+    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
+    processor.prepare_model(model)
+    for block in model.model.gated_cross_attn:  # open gates, so images move the scores
+        block.attn_gate.data.fill_(0.5)
+        block.ff_gate.data.fill_(0.5)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def recommend(catalogue):
+    model, processor = catalogue
+    return pipeline("unimp-recommend", model=model, processor=processor, device="cpu")
+
+
+def _catalogue_item(processor, item_id: str) -> dict:
+    """What an item id stands for without `items=`: its title as the one attribute, and its catalogue image."""
+    k = processor.item_index(item_id)
+    return {"item_id": item_id, "attributes": [("Title", processor.item_titles[k])], "image": processor.item_images[k]}
+
+
+def _ids(results) -> list[str]:
+    return [result["item_id"] for result in results]
+
+
+def _assert_same_results(first, second, atol=1e-6):
+    assert _ids(first) == _ids(second)
+    for a, b in zip(first, second):
+        assert a["score"] == pytest.approx(b["score"], abs=atol)
+        assert (a["title"], a["image"]) == (b["title"], b["image"])
+
+
+# ------------------------------------------------------------------ prompts
+def test_render_prompt_is_render_record_in_its_evaluation_form_without_the_answer(catalogue):
+    _, processor = catalogue
+    history = [_catalogue_item(processor, item_id) | {"rating": 4} for item_id in HISTORY]
+    target = _catalogue_item(processor, "m5") | {"rating": 2}
+    records = [{"task": "rec", "history": history, "target": target},
+               {"task": "search", "history": history, "target": target, "query": "heist"},
+               {"task": "exp", "history": history, "target": target},
+               {"task": "select", "history": history, "candidates": [target, history[0]], "answer_slots": [1]}]
+    item_index = {item_id: k for k, item_id in enumerate(processor.item_ids)}
+    for record in records:
+        expected = render_record(record, "test", item_index=item_index, history_answer_marker=True)
+        expected.pop("answer")
+        without_answer = {key: value for key, value in record.items() if key not in ("answer_slots",)}
+        if record["task"] in ("rec", "search"):
+            without_answer.pop("target")
+        if record["task"] == "exp":
+            without_answer["target"] = {k: v for k, v in target.items() if k != "rating"}
+        assert processor.render_prompt(without_answer) == expected, record["task"]
+        assert expected["text"].endswith("<answer>")
+
+
+# ------------------------------------------------------------------ exact ranking
+def test_top_k_equals_torch_topk_of_score_items_over_the_whole_catalogue(catalogue, recommend):
+    model, processor = catalogue
+    items = [_catalogue_item(processor, item_id) for item_id in HISTORY]
+    prompt = processor.render_prompt({"task": "rec", "history": items})
+    assert prompt["text"].endswith("<answer>") and prompt["text"].count("<answer>") == len(HISTORY) + 1
+    batch = processor(text=[prompt["text"]], images=[prompt["images"]], padding_side="left")
+    logits = model.score_items(**batch)[0]
+    expected = torch.topk(logits, 5)
+    results = recommend(HISTORY, top_k=5)
+    assert _ids(results) == [ITEM_IDS[k] for k in expected.indices.tolist()]
+    probabilities = logits.softmax(-1)[expected.indices]
+    assert [r["score"] for r in results] == pytest.approx(probabilities.tolist(), abs=1e-6)
+    assert results[0] == {"item_id": results[0]["item_id"], "score": results[0]["score"],
+                          "title": TITLES[ITEM_IDS.index(results[0]["item_id"])],
+                          "image": processor.item_images[ITEM_IDS.index(results[0]["item_id"])]}
+    _assert_same_results(recommend(items, top_k=5), results)  # ids expand to the catalogue item dicts
+
+
+@pytest.mark.parametrize("exclude_history", [False, True])
+def test_beam_search_gives_the_same_top_k_as_exact_scoring(recommend, exclude_history):
+    exact = recommend(HISTORY, top_k=6, exclude_history=exclude_history)
+    beam = recommend(HISTORY, top_k=6, method="beam", num_beams=8, exclude_history=exclude_history)
+    _assert_same_results(beam, exact, atol=1e-5)
+    if exclude_history:
+        assert not set(_ids(beam)) & set(HISTORY)
+
+
+def test_exclude_history_drops_seen_items_and_keeps_the_order_of_the_rest(recommend):
+    everything = recommend(HISTORY, top_k=NUM_ITEMS)
+    unseen = recommend(HISTORY, top_k=NUM_ITEMS, exclude_history=True)
+    assert len(everything) == NUM_ITEMS and len(unseen) == NUM_ITEMS - len(HISTORY)
+    assert _ids(unseen) == [i for i in _ids(everything) if i not in HISTORY]
+
+
+def test_batched_histories_give_the_results_of_one_at_a_time(recommend):
+    histories = [HISTORY, ["m2"], ["m9", "m0", "m4", "m4"]]
+    batched = recommend(histories, top_k=4, batch_size=2)
+    assert len(batched) == 3
+    for history, results in zip(histories, batched):
+        _assert_same_results(results, recommend(history, top_k=4), atol=1e-5)  # left padding is exact up to rounding
+    records = recommend([{"history": h} for h in histories], top_k=4)
+    for first, second in zip(records, batched):
+        _assert_same_results(first, second, atol=1e-5)
+
+
+def test_max_history_items_keeps_the_most_recent_items(recommend):
+    long_history = [f"m{k % NUM_ITEMS}" for k in range(13)]
+    _assert_same_results(recommend(long_history, top_k=3), recommend(long_history[-10:], top_k=3))  # default 10
+    _assert_same_results(recommend(long_history, top_k=3, max_history_items=2), recommend(long_history[-2:], top_k=3))
+
+
+# ------------------------------------------------------------------ item dicts and images
+def test_item_dicts_with_images_pil_and_path_agree_and_the_image_matters(recommend, tmp_path):
+    picture = Image.new("RGB", (32, 32), "cyan")
+    path = tmp_path / "cyan.png"
+    picture.save(path)
+    base = {"item_id": "m8", "attributes": [("Title", "Heat"), ("Genre", "Action Crime")]}
+    with_pil = recommend(["m1", {**base, "image": picture}], top_k=NUM_ITEMS)
+    with_path = recommend(["m1", {**base, "image": str(path)}], top_k=NUM_ITEMS)
+    without = recommend(["m1", {**base, "image": None}], top_k=NUM_ITEMS)
+    _assert_same_results(with_pil, with_path)
+    assert [r["score"] for r in with_pil] != pytest.approx([r["score"] for r in without], abs=1e-6)
+
+
+def test_undecodable_image_warns_and_gives_the_text_only_answer(recommend, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    base = {"item_id": "m8", "title": "Heat"}
+    with pytest.warns(UserWarning, match="could not be decoded"):
+        results = recommend(["m1", {**base, "image": str(broken)}], top_k=5)
+    _assert_same_results(results, recommend(["m1", {**base, "image": None}], top_k=5))
+
+
+def test_items_mapping_supplies_the_training_time_attributes(catalogue, recommend):
+    _, processor = catalogue
+    items = {item_id: {"item_id": item_id, "attributes": [("Title", f"T{item_id}"), ("Genres", "Drama")],
+                       "image": None} for item_id in ITEM_IDS}
+    expected = recommend([items[i] for i in HISTORY], top_k=4)
+    _assert_same_results(recommend(HISTORY, top_k=4, items=items), expected)
+    top = recommend(HISTORY, top_k=1, items=items)[0]
+    title_only = {result["item_id"]: result["score"] for result in recommend(HISTORY, top_k=NUM_ITEMS)}
+    assert top["score"] != pytest.approx(title_only[top["item_id"]], abs=1e-6)  # the attributes reach the model
+
+
+# ------------------------------------------------------------------ other tasks
+def test_search_ranks_the_catalogue_for_a_query(recommend):
+    results = recommend(HISTORY, task="search", query="crime thriller", top_k=NUM_ITEMS)
+    assert sorted(_ids(results)) == sorted(ITEM_IDS)
+    assert _ids(results) != _ids(recommend(HISTORY, top_k=NUM_ITEMS))
+    beam = recommend({"history": HISTORY, "task": "search", "query": "crime thriller"}, top_k=3, method="beam")
+    _assert_same_results(beam, results[:3], atol=1e-5)
+
+
+def test_exp_returns_a_rating_and_generated_text(recommend):
+    history = [{"item_id": "m1", "rating": 4, "explanation": "great fun"}, {"item_id": "m2", "rating": 2}]
+    result = recommend(history, task="exp", target="m3", max_new_tokens=6, num_beams=2)
+    assert result["rating"] in (1, 2, 3, 4, 5)
+    assert result["generated_text"].startswith(f"rate_{result['rating']}")
+    assert isinstance(result["explanation"], str)
+    batched = recommend([{"history": history, "task": "exp", "target": "m3"}] * 2, max_new_tokens=6, num_beams=2)
+    assert batched[0] == batched[1] and set(batched[0]) == {"rating", "explanation", "generated_text"}
+
+
+def test_select_returns_slots_of_the_given_candidates(recommend):
+    result = recommend(HISTORY, task="select", candidates=["m4", "m5", {"title": "Brand new", "image": None}])
+    assert result["slots"] and set(result["slots"]) <= {0, 1, 2}
+    assert result["item_ids"] == [["m4", "m5", None][slot] for slot in result["slots"]]
+    tokens = result["generated_text"].split()
+    assert len(tokens) == len(set(tokens))  # each slot at most once
+    assert sorted(SELECTION_TOKENS.index(token) for token in tokens) == result["slots"]
+
+
+def test_docstring_example_runs():
+    result = doctest.testmod(pipeline_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_answer_token_strings_match_the_prompt_templates():
+    assert pipeline_module.RATING_TOKENS == RATING_TOKENS
+    assert pipeline_module.SELECTION_TOKENS == SELECTION_TOKENS
+    assert pipeline_module.END_OF_CHUNK_TOKEN == END_OF_CHUNK_TOKEN
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "inputs",
+    [["m1", "nope-42"], [["m1"], ["nope-42"]], [{"item_id": "nope-42", "title": "x"}], {"history": ["nope-42"]}],
+)
+def test_unknown_item_id_raises_key_error_naming_it(recommend, inputs):
+    with pytest.raises(KeyError, match="nope-42"):
+        recommend(inputs)
+
+
+@pytest.mark.parametrize("inputs", [[], {"history": []}, [["m1"], []]])
+def test_empty_history_raises_value_error(recommend, inputs):
+    with pytest.raises(ValueError, match="empty"):
+        recommend(inputs)
+
+
+@pytest.mark.parametrize(
+    "inputs, kwargs, message",
+    [
+        ("m1", {}, "list of item ids"),
+        (["m1"], {"top_k": 0}, "top_k"),
+        (["m1"], {"method": "greedy"}, "method"),
+        (["m1"], {"task": "imggen"}, "task"),
+        (["m1"], {"task": "search"}, "query"),
+        (["m1"], {"task": "exp"}, "target"),
+        (["m1"], {"task": "select", "candidates": []}, "candidates"),
+        ([{"image": None}], {"task": "exp", "target": "m1"}, "attributes"),
+        ([{"item_id": "m1", "image": 3}], {}, "image"),
+    ],
+)
+def test_bad_input_raises_value_error_saying_what_to_fix(recommend, inputs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        recommend(inputs, **kwargs)
+
+
+def test_processor_of_another_catalogue_is_refused(catalogue, tiny_processor):
+    model, _ = catalogue
+    with pytest.raises(ValueError, match="does not match the model"):
+        pipeline("unimp-recommend", model=model, processor=tiny_processor, device="cpu")
+
+
+# ------------------------------------------------------------------ loading paths
+def test_saved_folder_loads_in_library_with_the_task_name(catalogue, recommend, tmp_path):
+    model, processor = catalogue
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = pipeline("unimp-recommend", model=str(tmp_path), device="cpu")
+    assert type(loaded) is UniMPRecommendPipeline
+    _assert_same_results(loaded(HISTORY, top_k=5), recommend(HISTORY, top_k=5))
+
+
+def _save_remote_code_checkpoint(catalogue, folder) -> None:
+    """The published form: config `custom_pipelines` + pipeline_unimp.py next to the model and processor code."""
+    model, processor = catalogue
+    model = copy.deepcopy(model)  # Pipeline.save_pretrained writes custom_pipelines into the model's config
+    UniMPRecommendPipeline(model=model, processor=processor, device="cpu").save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_remote_code_checkpoint_needs_trust_or_the_installed_pipeline_class(catalogue, recommend, tmp_path):
+    _save_remote_code_checkpoint(catalogue, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["custom_pipelines"]["unimp-recommend"]["impl"] == "pipeline_unimp.UniMPRecommendPipeline"
+    assert {"pipeline_unimp.py", "modeling_unimp.py", "processing_unimp.py", "prompt_templates.py"} <= set(
+        os.listdir(tmp_path))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        pipeline("unimp-recommend", model=str(tmp_path), device="cpu")
+    installed = pipeline("unimp-recommend", model=str(tmp_path), device="cpu", pipeline_class=UniMPRecommendPipeline)
+    assert type(installed.model).__module__ == "modeling_unimp.modeling_unimp"  # nothing from the checkpoint ran
+    _assert_same_results(installed(HISTORY, top_k=5), recommend(HISTORY, top_k=5))
+
+
+def test_remote_code_pipeline_runs_in_a_process_without_the_package(catalogue, recommend, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    _save_remote_code_checkpoint(catalogue, checkpoint)
+    histories = [HISTORY, ["m2", {"item_id": "m8", "title": "Heat", "image": catalogue[1].item_images[0]}]]
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, json
+        assert importlib.util.find_spec("modeling_unimp") is None and importlib.util.find_spec("processing") is None
+        from transformers import pipeline
+        recommend = pipeline("unimp-recommend", model={str(checkpoint)!r}, trust_remote_code=True, device="cpu")
+        print(type(recommend).__module__)
+        print(json.dumps(recommend({histories!r}, top_k=5)))
+        """
+    )
+    # -I -S: isolated mode, so neither the cwd nor the editable install's finder puts the package on the path.
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
+        f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", runner + script], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, output = result.stdout.strip().splitlines()[-2:]
+    assert module.startswith("transformers_modules.") and module.endswith(".pipeline_unimp")
+    for remote, local in zip(json.loads(output), recommend(histories, top_k=5)):
+        _assert_same_results(remote, local, atol=1e-5)  # another process may pick other CPU kernels
+
+
+def test_ids_render_with_the_attributes_the_catalogue_stored(tiny_tokenizer, tmp_path):
+    import copy
+
+    from processing import UniMPProcessor
+
+    attributes = [[("Title", "Toy Story"), ("Genres", "Animation")], [("Title", "Heat"), ("Genres", "Crime")],
+                  [("Title", "Up"), ("Genres", "Animation")]]
+    processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ["m1", "m2", "m3"],
+                                              ["Toy Story", "Heat", "Up"], item_attributes=attributes, image_size=32)
+    processor.save_pretrained(tmp_path)
+    reloaded = UniMPProcessor.from_pretrained(tmp_path)
+    assert reloaded.item_attributes == [[list(pair) for pair in pairs] for pairs in attributes]
+    model = UniMPForConditionalGeneration(make_tiny_config())
+    reloaded.prepare_model(model)
+    recommender = pipeline("unimp-recommend", model=model, processor=reloaded, device="cpu")
+    rendered = []
+    original = reloaded.render_prompt
+    reloaded.render_prompt = lambda record: rendered.append(original(record)) or rendered[-1]
+    recommender(["m2"], top_k=1)
+    assert "Title Heat Genres Crime" in rendered[0]["text"]
