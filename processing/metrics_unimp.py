@@ -16,7 +16,8 @@ DEFAULT_KS = (3, 5, 10, 20)  # peer_protocol.md §3 topk; the poster reports @3 
 DEFAULT_RATING = 3.0  # unparsable rating answers count as 3.0, as in eval_exp.py (reference §4.4)
 EMPTY_EXPLANATION = "Empty"  # stands in for an empty generated explanation (reference §4.4)
 METRIC_NAMES = ("unimp_ranking", "unimp_rating", "unimp_selection", "unimp_text")
-_METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+# one `evaluate` module for all four; its config_name is the METRIC_NAMES entry without "unimp_"
+_METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "unimp"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,7 +429,11 @@ def compute_text_metrics(
 
 
 def load_metric(name: str, **kwargs):
-    """Load one of the bundled `evaluate` modules offline (`processing/metrics/<name>/<name>.py`).
+    """Load one of the bundled `evaluate` metrics offline.
+
+    All four are configurations of the single module `processing/metrics/unimp/unimp.py`, so this is
+    `evaluate.load("processing/metrics/unimp", config_name=name.removeprefix("unimp_"))`, which also works
+    without this helper (and in a process that never imported `processing`).
 
     Args:
         name (`str`): one of `METRIC_NAMES`.
@@ -441,7 +446,7 @@ def load_metric(name: str, **kwargs):
         raise ValueError(f"name must be one of {METRIC_NAMES}, got {name!r}")
     import evaluate  # about 5 s to import, so only callers of the wrappers pay for it
 
-    return evaluate.load(str(_METRICS_DIR / name), **kwargs)
+    return evaluate.load(str(_METRIC_MODULE), config_name=name.removeprefix("unimp_"), **kwargs)
 
 
 __all__ = [

@@ -3,6 +3,8 @@
 import ast
 import importlib.util
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,13 +29,13 @@ from processing.metrics_unimp import (
     rank_of_targets,
 )
 
-METRICS_DIR = Path(metrics_unimp.__file__).resolve().parent / "metrics"
+METRIC_MODULE = Path(metrics_unimp.__file__).resolve().parent / "metrics" / "unimp"  # holds unimp.py
 INV_LOG2_3 = 1 / math.log2(3)  # NDCG of rank 2 = 0.63093
 
 
 @pytest.fixture(scope="session")
 def metric_modules():
-    """The four bundled modules, loaded once: `import evaluate` alone costs about 5 s."""
+    """The four bundled metrics (configs of one module), loaded once: `import evaluate` alone costs about 5 s."""
     return {name: load_metric(name) for name in metrics_unimp.METRIC_NAMES}
 
 
@@ -357,7 +359,7 @@ def test_evaluate_module_finds_its_checkout_from_the_cache_copy(metric_modules, 
     # resolution step (2): without processing.metrics_unimp imported, the copy in HF_MODULES_CACHE
     # reads evaluate's "<name>.json" record and loads metrics_unimp.py from this checkout by path
     copied = sys.modules[type(metric_modules["unimp_ranking"]).__module__]
-    assert Path(copied.__file__).resolve().parent != METRICS_DIR / "unimp_ranking"  # it really is a copy
+    assert Path(copied.__file__).resolve().parent != METRIC_MODULE  # it really is a copy
     monkeypatch.delitem(sys.modules, "processing.metrics_unimp")  # restored at teardown
     loaded = copied._import_metrics_unimp()
     sys.modules.pop(loaded.__name__)  # the by-path module is private to this test
@@ -369,26 +371,56 @@ def test_evaluate_module_finds_its_checkout_from_the_cache_copy(metric_modules, 
 def test_evaluate_module_falls_back_to_the_installed_package(tmp_path, monkeypatch):
     # resolution step (3): a copy with no record and no metrics_unimp.py above it imports the
     # installed (here: editable) package processing.metrics_unimp
-    source = METRICS_DIR / "unimp_selection" / "unimp_selection.py"
-    stray = tmp_path / "a" / "b" / "c" / "unimp_selection.py"
+    source = METRIC_MODULE / "unimp.py"
+    stray = tmp_path / "a" / "b" / "c" / "unimp.py"
     stray.parent.mkdir(parents=True)
     stray.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     # the re-import rebinds both of these; monkeypatch puts the originals back at teardown
     monkeypatch.delitem(sys.modules, "processing.metrics_unimp")
     monkeypatch.setattr(processing, "metrics_unimp", metrics_unimp)
-    spec = importlib.util.spec_from_file_location("_stray_unimp_selection", stray)
+    spec = importlib.util.spec_from_file_location("_stray_unimp", stray)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.metrics_unimp.__name__ == "processing.metrics_unimp"
     assert Path(module.metrics_unimp.__file__).resolve() == Path(metrics_unimp.__file__).resolve()
 
 
-def test_evaluate_modules_share_one_resolver():
-    # evaluate copies each module file alone, so the resolver is repeated in each; keep the copies equal
-    def resolver_source(name: str) -> str:
-        source = (METRICS_DIR / name / f"{name}.py").read_text(encoding="utf-8")
-        node = next(n for n in ast.parse(source).body if getattr(n, "name", "") == "_import_metrics_unimp")
-        return ast.get_source_segment(source, node)
+def test_evaluate_modules_are_configs_of_one_module(metric_modules):
+    # one file, so one copy of the resolver: every metric's class comes from the same cached module
+    assert len({type(module) for module in metric_modules.values()}) == 1
+    assert {module.config_name for module in metric_modules.values()} == {"ranking", "rating", "selection", "text"}
+    assert sorted(path.name for path in METRIC_MODULE.parent.rglob("*.py")) == ["unimp.py"]
 
-    sources = {resolver_source(name) for name in metrics_unimp.METRIC_NAMES}
-    assert len(sources) == 1
+
+def test_evaluate_module_rejects_a_missing_or_unknown_config():
+    import evaluate
+
+    for config_name in (None, "bleu"):
+        with pytest.raises(ValueError, match="config_name must be one of"):
+            evaluate.load(str(METRIC_MODULE), config_name=config_name)
+
+
+FRESH_PROCESS = """
+import sys
+import evaluate
+ranking = evaluate.load(sys.argv[1], config_name="ranking")
+assert not any(name == "processing" or name.startswith("processing.") for name in sys.modules), "imported processing"
+print(ranking.compute(predictions=[[3, 1, 2], [5, 4, 9], [7, 8, 6]], references=[1, 9, 0], ks=3))
+"""
+
+
+def test_evaluate_module_loads_in_a_fresh_process_from_the_checkout(tmp_path):
+    # resolution step (2) for real: a new interpreter that never imports processing, run outside the repo,
+    # loads the module by path; it finds metrics_unimp.py through evaluate's "<name>.json" record
+    env = os.environ | {"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(METRIC_MODULE)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert metrics == pytest.approx({"hr@3": 2 / 3, "ndcg@3": 0.376977, "mrr@3": 0.277778}, abs=1e-6)
