@@ -155,7 +155,8 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, UniMPTrainingArguments
         key, separator, value = override.partition("=")
         if not separator:
             raise SystemExit(f"override {override!r} is not key=value")
-        values[key.lstrip("-")] = yaml.safe_load(value)
+        # YAML 1.1 reads yes/no/on/off as booleans; keep them as strings (eval_strategy=no must stay "no")
+        values[key.lstrip("-")] = value if value.lower() in ("yes", "no", "on", "off") else yaml.safe_load(value)
     recipe, training = HfArgumentParser((RecipeArguments, UniMPTrainingArguments)).parse_dict(values)
     return recipe, training
 
