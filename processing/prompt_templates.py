@@ -21,6 +21,11 @@ def item_token(index: int) -> str:
     return f"<item_{index}>"
 
 
+def image_code_token(code: int) -> str:
+    """The single added token of image code `code` (issue 7), as `UniMPImageTokenizer.code_token` spells it."""
+    return f"<img_{int(code)}>"
+
+
 TASKS = ("rec", "exp", "select", "search", "imggen")
 # λ_a per task, applied to every supervised token of the sample (reference §3.4).
 DEFAULT_TASK_WEIGHTS = {"rec": 2.0, "exp": 1.0, "select": 1.0, "search": 1.0, "imggen": 1.0}
@@ -215,7 +220,14 @@ def _rating_label(record, field: str, item, explanation_word_budget: int | None)
 
 def _codes_label(record, field: str, item) -> str:
     codes = item.get("image_codes")
-    codes_text = "" if _is_missing(codes) else _clean_text(codes)
+    if hasattr(codes, "tolist"):  # a tensor or array of code indices
+        codes = codes.tolist()
+    if isinstance(codes, Sequence) and not isinstance(codes, str) and codes and all(
+        isinstance(code, int) and not isinstance(code, bool) for code in codes
+    ):  # code indices: rendered exactly as UniMPImageTokenizer.codes_to_string writes them
+        codes_text = " ".join(image_code_token(code) for code in codes)
+    else:  # a code string, normally codes_to_string's "<img_3> <img_41> ..."; kept as given, single-spaced
+        codes_text = "" if _is_missing(codes) else _clean_text(codes)
     if not codes_text:
         raise ValueError(f"{_record_name(record)}: {field}.image_codes is missing; the image-generation task "
                          "needs each item's image code string")
@@ -253,13 +265,14 @@ def render_record(
     """Render one record with its task template, training or evaluation form (reference §2.2).
 
     Record schema (items are dicts `{"item_id": str, "attributes": ..., "image": any | None, "title"?,
-    "rating"?: int 1-5, "explanation"?: str, "image_codes"?: str}`; `item_id` is always the real id):
+    "rating"?: int 1-5, "explanation"?: str, "image_codes"?: str | list[int]}`; `item_id` is always the real id):
 
     - rec:    {"task", "user_id"?, "history": [item, ...] oldest first, "target": item}
     - exp:    same; history items and the target carry `rating` (and optionally `explanation`)
     - select: {"task", "history", "candidates": [item, ...] (1-5), "answer_slots": [int, ...]}
     - search: {"task", "history", "target", "query": str}
-    - imggen: {"task", "history", "target", "query"}; history items and the target carry `image_codes`
+    - imggen: {"task", "history", "target", "query"}; history items and the target carry `image_codes`: the
+      string `UniMPImageTokenizer.codes_to_string` writes ("<img_3> <img_41> ...") or the code indices
 
     Training form: rec/search/exp history chunks carry `<answer> {label}` (context reconstruction,
     reference §3.2) and the text ends with the final answer. Evaluation form: rec/search history labels
@@ -376,6 +389,7 @@ __all__ = [
     "TRAIN_SPLIT",
     "UNKNOWN_VALUE",
     "build_item_index",
+    "image_code_token",
     "item_token",
     "render_item_chunk",
     "render_item_text",

@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -400,7 +400,7 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
     order, cursor = torch.randperm(len(pixels), generator=generator), 0
     aligner.train()
     losses, smoothed, step = [], None, 0
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     progress = tqdm(total=args.max_steps, desc=desc)
     while step < args.max_steps:
         if args.max_train_seconds is not None and time.perf_counter() - start_time > args.max_train_seconds:
@@ -443,7 +443,7 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
         best_step = best[1]
         aligner.load_state_dict(best[2])
     return {"steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
-            "train_loss_smoothed": smoothed, "losses": losses, "best_step": best_step, "validation_history": history}
+            "train_cpu_seconds": round(time.process_time() - start_cpu, 1), "train_loss_smoothed": smoothed, "losses": losses, "best_step": best_step, "validation_history": history}
 
 
 @torch.no_grad()
@@ -543,6 +543,7 @@ def main(args: VisionPretrainingArguments) -> dict:
         "best_step": training["best_step"],
         "probe_best_step": probe_training["best_step"],
         "train_seconds": training["train_seconds"],
+        "train_cpu_seconds": training["train_cpu_seconds"],
         "total_seconds": round(time.perf_counter() - started, 1),
         "train_loss_first": training["losses"][0] if training["losses"] else None,
         "train_loss_smoothed": training["train_loss_smoothed"],
@@ -572,6 +573,10 @@ def parse_args(argv: list[str]) -> VisionPretrainingArguments:
         if not separator:
             raise SystemExit(f"override {override!r} is not key=value")
         values[key.lstrip("-")] = yaml.safe_load(value)
+    float_fields = {f.name for f in fields(VisionPretrainingArguments) if f.type in (float, float | None)}
+    for key in float_fields & set(values):  # YAML 1.1 reads `3e-4` (no dot) as a string
+        if isinstance(values[key], str):
+            values[key] = float(values[key])
     (args,) = HfArgumentParser(VisionPretrainingArguments).parse_dict(values)
     return args
 

@@ -13,6 +13,7 @@ feature-space metrics from these files.
 
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -286,6 +287,8 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
         trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds))
     trainer.train()
     train_seconds = time.time() - started
+    for checkpoint in output_dir.glob("checkpoint-*"):  # TimeBudgetCallback's resumable save; the model is saved below
+        shutil.rmtree(checkpoint)
     model = trainer.model.eval()
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)

@@ -28,9 +28,9 @@ def _item(item_id, title, image="img", **extra):
             "title": title, **extra}
 
 
-A = _item("A", "Red Soap", rating=5, explanation="Smells great", image_codes="img_1, img_2,")
-B = _item("B", "Blue Brush", rating=2, image_codes="img_3, img_4,")
-C = _item("C", "Green Towel", rating=4, explanation="Soft and thick enough", image_codes="img_5, img_6,")
+A = _item("A", "Red Soap", rating=5, explanation="Smells great", image_codes="<img_1> <img_2>")
+B = _item("B", "Blue Brush", rating=2, image_codes="<img_3> <img_4>")
+C = _item("C", "Green Towel", rating=4, explanation="Soft and thick enough", image_codes="<img_5> <img_6>")
 D = {"item_id": "D", "attributes": {"Title": "Lamp"}, "image": None}  # image-less item
 E = _item("E", "Mug")
 
@@ -84,15 +84,15 @@ GOLDEN = [
      "Query: Bath Towels What is the related item ID to the query based on the history? <answer>",
      ["img-A", None], "<item_2>", 1.0),
     ("imggen", "train",
-     "<image> Title Red Soap ID img_1, img_2, <|endofchunk|> <image> Title Blue Brush ID img_3, img_4, "
+     "<image> Title Red Soap ID <img_1> <img_2> <|endofchunk|> <image> Title Blue Brush ID <img_3> <img_4> "
      "<|endofchunk|> Query: green towel What is the generated image ID to the query based on the history? "
-     "<answer> img_5, img_6,",
-     ["img-A", "img-B"], "img_5, img_6,", 1.0),
+     "<answer> <img_5> <img_6>",
+     ["img-A", "img-B"], "<img_5> <img_6>", 1.0),
     ("imggen", "test",
-     "<image> Title Red Soap ID img_1, img_2, <|endofchunk|> <image> Title Blue Brush ID img_3, img_4, "
+     "<image> Title Red Soap ID <img_1> <img_2> <|endofchunk|> <image> Title Blue Brush ID <img_3> <img_4> "
      "<|endofchunk|> Query: green towel What is the generated image ID to the query based on the history? "
      "<answer>",
-     ["img-A", "img-B"], "img_5, img_6,", 1.0),
+     ["img-A", "img-B"], "<img_5> <img_6>", 1.0),
 ]
 
 
