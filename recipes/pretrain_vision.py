@@ -66,7 +66,7 @@ class VisionPretrainingArguments:
     text_batch_size: int = field(default=128, metadata={"help": "texts per MiniLM forward pass"})
     # Training
     output_dir: str = field(default="outputs/pretrain_vision/ml-100k-posters", metadata={"help": "outputs go here"})
-    max_steps: int = field(default=1500, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "stop training after this wall time even if max_steps is not reached"}
     )
@@ -75,7 +75,7 @@ class VisionPretrainingArguments:
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (CLIP: 0.1-0.2)"})
     use_augmentation: bool = field(
-        default=True, metadata={"help": "random left-right flips and shifts of up to max_shift_pixels in training"}
+        default=True, metadata={"help": "training-time flips, shifts (max_shift_pixels) and crops (min_crop_scale)"}
     )
     max_shift_pixels: int = field(default=4, metadata={"help": "largest random translation (reflect padding)"})
     min_crop_scale: float = field(
@@ -83,7 +83,7 @@ class VisionPretrainingArguments:
     )
     eval_steps: int = field(default=50, metadata={"help": "validate every this many steps"})
     metric_for_best_model: str = field(
-        default="mean_rank", metadata={"help": f"validation metric that picks the kept step, one of {BEST_METRICS}"}
+        default="mean_rank", metadata={"help": f"validation metric picking the kept step: {list(BEST_METRICS)}"}
     )
     eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation forward pass"})
     logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
@@ -443,7 +443,8 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
         best_step = best[1]
         aligner.load_state_dict(best[2])
     return {"steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
-            "train_cpu_seconds": round(time.process_time() - start_cpu, 1), "train_loss_smoothed": smoothed, "losses": losses, "best_step": best_step, "validation_history": history}
+            "train_cpu_seconds": round(time.process_time() - start_cpu, 1), "train_loss_smoothed": smoothed,
+            "losses": losses, "best_step": best_step, "validation_history": history}
 
 
 @torch.no_grad()
