@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export UNIMP_DATA_DIR ?= $(abspath ../shared/data)
 export TOKENIZERS_PARALLELISM := false
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core box spinning threads of concurrent jobs starve
+# each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-slow lint bench bench-peers clean
 
