@@ -8,13 +8,14 @@ Checkpoint file: imports torch, transformers, PIL and same-folder modules only.
 import io
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 from .image_tokenizer_unimp import UniMPImageTokenizer
+from .pipeline_unimp import _as_records  # one input convention for both UniMP pipelines
 
 DEFAULT_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history length (§2.2: 2 for img_gen)
 DEFAULT_BATCH_SIZE = 16
@@ -339,35 +340,6 @@ def _load_image(image, where: str) -> Image.Image | None:
     except OSError:
         warnings.warn(f"{where}: the image could not be decoded; the item is used without it")
         return None
-
-
-def _is_item(entry) -> bool:
-    return isinstance(entry, (str, int)) or (isinstance(entry, Mapping) and "history" not in entry)
-
-
-def _as_records(inputs) -> tuple[list[dict], bool]:
-    """A history, a record, or a list of either -> (records, whether the input was a single one)."""
-    if isinstance(inputs, Mapping):
-        if "history" not in inputs:
-            raise ValueError("a record dict needs a `history` list; an item dict alone must be wrapped in a list")
-        return [dict(inputs)], True
-    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
-        raise ValueError(f"expected a list of item ids or item dicts (a history), or a list of histories; got "
-                         f"{type(inputs).__name__}")
-    if not inputs:
-        raise ValueError("the history is empty; give at least one item id or item dict")
-    if all(_is_item(entry) for entry in inputs):
-        return [{"history": list(inputs)}], True
-    records = []
-    for n, entry in enumerate(inputs):
-        if isinstance(entry, Mapping) and "history" in entry:
-            records.append(dict(entry))
-        elif isinstance(entry, Sequence) and not isinstance(entry, (str, Mapping)):
-            records.append({"history": list(entry)})
-        else:
-            raise ValueError(f"input {n}: a batch holds histories (lists) or records (dicts with `history`), got "
-                             f"{type(entry).__name__}; do not mix item ids and histories in one list")
-    return records, False
 
 
 __all__ = ["UniMPImageCodeLogitsProcessor", "UniMPImageGenerationPipeline"]
