@@ -4,12 +4,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from transformers import TrainerCallback
+from transformers import HfArgumentParser, TrainerCallback
 
 from processing import UniMPProcessor, train_catalogue_tokenizer
 from processing.datasets_unimp import build_task_records, items_by_id, load_unimp_dataset
@@ -86,6 +86,27 @@ def build_processor(dataset_dict, recipe: RecipeArguments, image_size: int, toke
         item_attributes=[item["attributes"] for item in items.values()],
         image_size=image_size,
     )
+
+
+def parse_recipe_args(argv: list[str], dataclass_types: tuple, prog: str) -> tuple:
+    """`python -m PROG CONFIG.yaml [key=value ...]` for every recipe: YAML keys are the dataclass fields, then
+    `key=value` overrides parsed as YAML scalars. Two YAML 1.1 traps are undone: yes/no/on/off stay strings
+    (`eval_strategy=no` must not become False) and `3e-4` (no dot) becomes a float where the field is a float."""
+    import yaml
+
+    if not argv or not argv[0].endswith((".yaml", ".yml")):
+        raise SystemExit(f"usage: python -m {prog} CONFIG.yaml [key=value ...]")
+    values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
+    for override in argv[1:]:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise SystemExit(f"override {override!r} is not key=value")
+        values[key.lstrip("-")] = value if value.lower() in ("yes", "no", "on", "off") else yaml.safe_load(value)
+    float_fields = {f.name for cls in dataclass_types for f in fields(cls) if f.type in (float, float | None)}
+    for key in float_fields & set(values):
+        if isinstance(values[key], str):
+            values[key] = float(values[key])
+    return HfArgumentParser(dataclass_types).parse_dict(values)
 
 
 class ImageCache:
@@ -240,6 +261,7 @@ __all__ = [
     "RecipeArguments",
     "TimeBudgetCallback",
     "build_processor",
+    "parse_recipe_args",
     "load_dataset_dict",
     "render_examples",
     "write_json",

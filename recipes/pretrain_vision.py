@@ -15,23 +15,24 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, HfArgumentParser
+from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
 from modeling_unimp import UniMPConfig
 from processing.datasets_unimp import items_by_id, load_unimp_dataset
 from processing.processing_unimp import CLIP_MEAN, CLIP_STD
 from processing.prompt_templates import render_item_text
+
+from .common import parse_recipe_args
 
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 CLIP_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the inverse temperature at 100 for stability
@@ -565,20 +566,8 @@ def main(args: VisionPretrainingArguments) -> dict:
 
 
 def parse_args(argv: list[str]) -> VisionPretrainingArguments:
-    """`CONFIG.yaml [key=value ...]`: YAML keys are the dataclass fields; `key=value` values are parsed as YAML."""
-    if not argv or not argv[0].endswith((".yaml", ".yml")):
-        raise SystemExit("usage: python -m recipes.pretrain_vision CONFIG.yaml [key=value ...]")
-    values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
-    for override in argv[1:]:
-        key, separator, value = override.partition("=")
-        if not separator:
-            raise SystemExit(f"override {override!r} is not key=value")
-        values[key.lstrip("-")] = yaml.safe_load(value)
-    float_fields = {f.name for f in fields(VisionPretrainingArguments) if f.type in (float, float | None)}
-    for key in float_fields & set(values):  # YAML 1.1 reads `3e-4` (no dot) as a string
-        if isinstance(values[key], str):
-            values[key] = float(values[key])
-    (args,) = HfArgumentParser(VisionPretrainingArguments).parse_dict(values)
+    """`CONFIG.yaml [key=value ...]` (see `recipes.common.parse_recipe_args`)."""
+    (args,) = parse_recipe_args(argv, (VisionPretrainingArguments,), "recipes.pretrain_vision")
     return args
 
 

@@ -461,6 +461,8 @@ def push_dataset(args: argparse.Namespace, dataset_dict, dataset_name: str, prov
     for config_name, splits in _dataset_configs(dataset_dict).items():
         splits.push_to_hub(repo_id, config_name=config_name, private=args.private, token=args.token,
                            revision=args.revision, commit_message=f"{message} ({config_name})")
+    # Reads back the README that `push_to_hub` just wrote to the target repo (only when pushing; nothing else
+    # is fetched, and the tests point HF_ENDPOINT at a loopback server).
     readme = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=args.revision, token=args.token)
     card = render_dataset_card(
         dataset_dict=dataset_dict, dataset_id=repo_id, dataset_name=dataset_name, protocol=args.protocol,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
@@ -23,6 +23,7 @@ from .common import (
     TimeBudgetCallback,
     build_processor,
     load_dataset_dict,
+    parse_recipe_args,
     render_examples,
     set_torch_threads,
     write_json,
@@ -145,20 +146,8 @@ def _last(log_history: list[dict], key: str):
 
 
 def parse_args(argv: list[str]) -> tuple[RecipeArguments, UniMPTrainingArguments]:
-    """`train.py CONFIG.yaml [key=value ...]`: the YAML, then `key=value` overrides parsed as YAML scalars."""
-    import yaml
-
-    if not argv or not argv[0].endswith((".yaml", ".yml")):
-        raise SystemExit("usage: python -m recipes.train CONFIG.yaml [key=value ...]")
-    values = yaml.safe_load(Path(argv[0]).read_text()) or {}
-    for override in argv[1:]:
-        key, separator, value = override.partition("=")
-        if not separator:
-            raise SystemExit(f"override {override!r} is not key=value")
-        # YAML 1.1 reads yes/no/on/off as booleans; keep them as strings (eval_strategy=no must stay "no")
-        values[key.lstrip("-")] = value if value.lower() in ("yes", "no", "on", "off") else yaml.safe_load(value)
-    recipe, training = HfArgumentParser((RecipeArguments, UniMPTrainingArguments)).parse_dict(values)
-    return recipe, training
+    """`train.py CONFIG.yaml [key=value ...]` (see `recipes.common.parse_recipe_args`)."""
+    return parse_recipe_args(argv, (RecipeArguments, UniMPTrainingArguments), "recipes.train")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPImageTokenizer
 from modeling_unimp.image_tokenizer_unimp import compute_psnr, compute_ssim
@@ -42,6 +42,7 @@ from .common import (
     RecipeArguments,
     TimeBudgetCallback,
     load_dataset_dict,
+    parse_recipe_args,
     render_examples,
     write_json,
     write_training_curve,
@@ -330,19 +331,9 @@ def _last(log_history: list[dict], key: str):
 
 
 def parse_args(argv: list[str]) -> tuple[RecipeArguments, ImageGenerationArguments, UniMPTrainingArguments]:
-    """`train_image_generation.py CONFIG.yaml [key=value ...]`: the YAML, then overrides parsed as YAML scalars."""
-    import yaml
-
-    if not argv or not argv[0].endswith((".yaml", ".yml")):
-        raise SystemExit("usage: python -m recipes.train_image_generation CONFIG.yaml [key=value ...]")
-    values = yaml.safe_load(Path(argv[0]).read_text()) or {}
-    for override in argv[1:]:
-        key, separator, value = override.partition("=")
-        if not separator:
-            raise SystemExit(f"override {override!r} is not key=value")
-        values[key.lstrip("-")] = yaml.safe_load(value)
-    parser = HfArgumentParser((RecipeArguments, ImageGenerationArguments, UniMPTrainingArguments))
-    return parser.parse_dict(values)
+    """`train_image_generation.py CONFIG.yaml [key=value ...]` (see `recipes.common.parse_recipe_args`)."""
+    return parse_recipe_args(argv, (RecipeArguments, ImageGenerationArguments, UniMPTrainingArguments),
+                             "recipes.train_image_generation")
 
 
 __all__ = [

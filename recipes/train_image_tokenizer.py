@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from modeling_unimp.image_tokenizer_unimp import (
     UniMPImageTokenizer,
@@ -29,6 +27,8 @@ from modeling_unimp.image_tokenizer_unimp import (
     compute_ssim,
     convert_pixel_values_to_image,
 )
+
+from .common import parse_recipe_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("ml-100k-posters", "hm-sample")
@@ -306,17 +306,8 @@ def main(args: ImageTokenizerRecipeArguments) -> dict:
 
 
 def parse_args(argv: list[str]) -> ImageTokenizerRecipeArguments:
-    """`config.yaml [key=value ...]`: YAML keys are the dataclass fields; `key=value` pairs (values parsed
-    as YAML) override them."""
-    if not argv or not argv[0].endswith((".yaml", ".yml")):
-        raise SystemExit("usage: python -m recipes.train_image_tokenizer CONFIG.yaml [key=value ...]")
-    values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
-    for override in argv[1:]:
-        key, separator, value = override.partition("=")
-        if not separator:
-            raise SystemExit(f"override {override!r} is not key=value")
-        values[key] = yaml.safe_load(value)
-    (args,) = HfArgumentParser(ImageTokenizerRecipeArguments).parse_dict(values)
+    """`config.yaml [key=value ...]` (see `recipes.common.parse_recipe_args`)."""
+    (args,) = parse_recipe_args(argv, (ImageTokenizerRecipeArguments,), "recipes.train_image_tokenizer")
     return args
 
 
