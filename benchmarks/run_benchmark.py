@@ -31,7 +31,13 @@ VARIANTS = {
     "gamma0": ["focal_gamma=0.0"],
     "no_context": ["context_weight=0.0"],
     "single_task": ["tasks=[rec]"],
-    "multi_task": ["tasks=[rec,search]"],
+    "multi_task": ["tasks=[rec,exp]"],  # + rating (and explanation where the data has text): issue 5's rating table
+    # the paper's history layout (ids after their content, reference §2.1); the configs use next_item
+    "paper_order": ["context_order=paper"],
+    # ml100k_tiny shows 50 history items (the last 10 with image + text): these show 10, or 50 with content
+    "short_history": ["max_history_items=10", "content_history_items=null"],
+    "long_history": ["max_history_items=50", "content_history_items=10"],
+    "user_disjoint": ["protocol=user_disjoint"],  # the paper's protocol (reference §5.1): unseen test users
 }
 PEER_ORDER = ["Pop", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec"]
 KS = (5, 10, 20)
@@ -59,7 +65,7 @@ def load_peers(paths: list[Path]) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
     for path in paths:
         for run in json.loads(path.read_text())["runs"]:
-            if run.get("status") == "ok":
+            if run.get("status") == "ok" and run.get("task", "ranking") == "ranking":  # rating.json: its own table
                 runs.setdefault(run["dataset"], []).append(run)
     return runs
 
@@ -93,18 +99,72 @@ def format_tables(dataset: str, unimp: dict[str, dict], peers: list[dict]) -> st
     return f"### {dataset}\n\n" + "\n".join(lines) + "\n"
 
 
+def load_rating_peers(path: Path) -> dict[str, list[dict]]:
+    """RecBole rating runs chosen on validation RMSE (one per model), by dataset, from run_rating_peers.py's file."""
+    runs: dict[str, list[dict]] = {}
+    if path.exists():
+        for run in json.loads(path.read_text())["runs"]:
+            if run.get("status") == "ok" and run.get("selected_by_valid_rmse"):
+                runs.setdefault(run["dataset"], []).append(run)
+    return runs
+
+
+RATING_BASELINES = {"global_mean": "global mean", "user_mean": "per-user mean", "item_mean": "per-item mean",
+                    "user_item_bias": "bias baseline mu + b_u + b_i"}
+
+
+def format_rating_tables(dataset: str, unimp: dict[str, dict], peers: list[dict]) -> str:
+    """Rating MAE/RMSE (test) of UniMP runs that trained the exp task, the mean baselines, the RecBole models;
+    plus the explanation metrics where the data has explanation text. Empty when no UniMP run rated."""
+    rated = {variant: metrics["exp"] for variant, metrics in unimp.items() if "exp" in metrics}
+    if not rated:
+        return ""
+    lines = ["| model | test MAE | test RMSE | epochs / steps | train s |", "|---|---|---|---|---|"]
+    first = next(iter(rated.values()))
+    for key, label in RATING_BASELINES.items():  # computed by recipes/evaluate.py on the same test users
+        lines.append(f"| {label} | {first[key]['mae']:.4f} | {first[key]['rmse']:.4f} | fit on train | 0 |")
+    for run in sorted(peers, key=lambda r: r["valid"]["rmse"]):
+        lr = run.get("overrides", {})
+        label = f"RecBole {run['model']} (lr {lr.get('learning_rate')}, wd {lr.get('weight_decay')})"
+        lines.append(f"| {label} | {run['test']['mae']:.4f} | {run['test']['rmse']:.4f} | "
+                     f"{run['epochs_run']} ep (best {run['best_epoch']}) | {run['train_seconds']:.0f} |")
+    for variant, exp in rated.items():
+        steps, seconds = unimp[variant]["global_step"], unimp[variant]["trainer_seconds"]
+        name = "UniMP-tiny" if variant == "unimp" else f"UniMP-tiny {variant}"
+        for key, how in (("unimp_rating", "most likely rating token"), ("unimp_rating_expected", "expected rating")):
+            lines.append(f"| {name}, {how} | {exp[key]['mae']:.4f} | {exp[key]['rmse']:.4f} | {steps} steps | "
+                         f"{seconds:.0f} |")
+    text = f"### {dataset}: rating prediction\n\n" + "\n".join(lines) + "\n"
+    explained = {variant: exp for variant, exp in rated.items() if "unimp_explanation" in exp}
+    if explained:
+        names = ("rouge1", "rouge2", "rougeL", "bleu4", "unigram_precision")
+        rows = ["| model | users | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        first = next(iter(explained.values()))
+        rows.append(f"| repeat the user's latest explanation | {first['num_explanations']} | "
+                    + " | ".join(f"{first['last_explanation_baseline'][n]:.4f}" for n in names) + " |")
+        for variant, exp in explained.items():
+            name = "UniMP-tiny" if variant == "unimp" else f"UniMP-tiny {variant}"
+            rows.append(f"| {name} (greedy) | {exp['num_explanations']} | "
+                        + " | ".join(f"{exp['unimp_explanation'][n]:.4f}" for n in names) + " |")
+        text += f"\n### {dataset}: explanation generation\n\n" + "\n".join(rows) + "\n"
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--variants", nargs="+", default=["unimp"], choices=list(VARIANTS))
     parser.add_argument("--max-train-seconds", type=float, default=420)
-    parser.add_argument("--peers", nargs="*", type=Path, default=sorted((REPO / "benchmarks/peer_results").glob("*.json")))
+    parser.add_argument("--peers", nargs="*", type=Path,
+                        default=sorted((REPO / "benchmarks/peer_results").glob("*.json")))
+    parser.add_argument("--rating-peers", type=Path, default=REPO / "benchmarks/peer_results/rating.json")
     parser.add_argument("--out", type=Path, default=REPO / "outputs/bench")
     parser.add_argument("--reuse", action="store_true", help="reuse finished variants' metrics.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every UniMP run")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     peers = load_peers(args.peers)
+    rating_peers = load_rating_peers(args.rating_peers)
     report, results = [], {}
     for dataset in args.datasets:
         results[dataset] = {}
@@ -116,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
                 results[dataset][variant] = run_variant(dataset, variant, args.out, args.max_train_seconds,
                                                         args.overrides)
         report.append(format_tables(dataset, results[dataset], peers.get(dataset, [])))
-    text = "\n".join(report)
+        report.append(format_rating_tables(dataset, results[dataset], rating_peers.get(dataset, [])))
+    text = "\n".join(part for part in report if part)
     (args.out / "tables.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(text)

@@ -283,6 +283,32 @@ def verify_split(spec: dict, train_data, valid_data, test_data) -> dict:
     return counts
 
 
+def fix_pop_counting(model, config) -> None:
+    """Make RecBole 1.2.1's Pop count training interactions (``--set Pop:pop_count_fix=true``).
+
+    Its ``calculate_loss`` does ``item_cnt[item, :] = item_cnt[item, :] + 1``: an indexed assignment does not add up
+    repeated indices, so an item counts once per batch it appears in (capped at the number of batches of its one
+    epoch), and the sampled negatives of the pointwise loader count too (RecBole issues #1844/#2198, PR #2199).
+    Measured here: max count 6 / 8 / 96 instead of 30 / 118 / 575 on H&M / Amazon MI / ML-100K. The method is
+    replaced on this model object at run time; nothing in site-packages is edited.
+    """
+    import types
+
+    import torch
+
+    label = config["LABEL_FIELD"]
+
+    def count_positives(self, interaction):
+        item = interaction[self.ITEM_ID]
+        if label in interaction.interaction:  # pointwise loader: keep the positives only
+            item = item[interaction[label] > 0]
+        self.item_cnt.index_add_(0, item, torch.ones(len(item), 1, dtype=self.item_cnt.dtype, device=item.device))
+        self.max_cnt = self.item_cnt.max(dim=0)[0]
+        return torch.nn.Parameter(torch.zeros(1, device=self.device))
+
+    model.calculate_loss = types.MethodType(count_positives, model)
+
+
 def child_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -322,6 +348,8 @@ def child_main(spec_path: str) -> int:
 
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        if spec["model"] == "Pop" and spec.get("overrides", {}).get("pop_count_fix"):
+            fix_pop_counting(model, config)
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
         epoch_times: list[float] = []

@@ -20,7 +20,7 @@ METHODS = ("exact", "beam")
 RATING_TOKENS = tuple(f"rate_{r}" for r in range(1, 6))
 SELECTION_TOKENS = tuple(f"s_{i}" for i in range(5))
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
-DEFAULT_MAX_HISTORY_ITEMS = 10  # the recipes' default history window (recipes/configs/ml100k_tiny.yaml)
+DEFAULT_MAX_HISTORY_ITEMS = 10  # used when the processor does not record its training window (max_history_items)
 DEFAULT_BATCH_SIZE = 16
 # Beam widths and lengths of the reference's evaluation scripts (reference §4.1, §4.3, §4.4).
 DEFAULT_NUM_BEAMS = {"rec": 10, "search": 10, "exp": 5, "select": 2}
@@ -56,8 +56,9 @@ class UniMPRecommendPipeline(Pipeline):
     A history is a list of items, oldest first: catalogue item ids (str), or item dicts
     `{"item_id"?, "attributes"?: [(key, value), ...], "title"?, "image"?: PIL image | path | None, ...}`. Ids
     are expanded from the processor's catalogue (its stored attributes, else a `Title`, and the catalogue
-    image), or from `items` (item_id -> item dict, e.g. `processing.datasets_unimp.items_by_id(dataset["items"])`) to render exactly
-    the training-time attributes. Only the last `max_history_items` items are shown to the model.
+    image), or from `items` (item_id -> item dict, e.g.
+    `processing.datasets_unimp.items_by_id(dataset["items"])`) to render exactly the training-time attributes.
+    Only the last `max_history_items` items are shown to the model.
 
     Tasks (`task=`, or a `"task"` key per record `{"history": [...], "task", "query", "target", "candidates"}`):
     - "rec" (default): the next item; `[{"item_id", "score", "title", "image"}]`, best first. `method="exact"`
@@ -181,8 +182,9 @@ class UniMPRecommendPipeline(Pipeline):
                 histories/records (a batch).
             batch_size: records per forward pass (default 16, or the pipeline's `batch_size`).
             kwargs: `task`, `query`, `target`, `candidates` (defaults for every record), `top_k` (10),
-                `method` ("exact" | "beam"), `max_history_items` (10), `exclude_history` (False: seen items
-                stay rankable, the sequential convention), `num_beams`, `max_new_tokens`, `items`, `image_root`.
+                `method` ("exact" | "beam"), `max_history_items` (the processor's training window, else 10),
+                `exclude_history` (False: seen items stay rankable, the sequential convention), `num_beams`,
+                `max_new_tokens`, `items`, `image_root`.
         Returns: one result for one history, a list of results for a batch (see the class docstring).
         """
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
@@ -205,10 +207,12 @@ class UniMPRecommendPipeline(Pipeline):
                     results[n] = result
         return results[0] if single else results
 
-    def preprocess(self, records: list[dict], max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS, items=None,
+    def preprocess(self, records: list[dict], max_history_items: int | None = None, items=None,
                    image_root: str | None = None) -> dict:
         """Records of one task -> the processor's left-padded batch plus what decoding needs."""
         task = records[0]["task"]
+        max_history_items = (max_history_items or getattr(self.processor, "max_history_items", None)
+                             or DEFAULT_MAX_HISTORY_ITEMS)
         prompts, history_indices, candidate_ids = [], [], []
         for row, record in enumerate(records):
             where = f"input {row}" if len(records) > 1 else "input"

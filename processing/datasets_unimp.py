@@ -1288,16 +1288,18 @@ def build_task_records(dataset_dict: Mapping[str, Dataset], task: str, split: st
 # RecBole atomic export (peer_protocol.md §2)
 # ----------------------------------------------------------------------------------------------
 
-def _all_interactions(dataset_dict: Mapping[str, Dataset]) -> list[tuple[int, str, str, int]]:
-    """(source row, user, item, time) of every interaction, in source order, from the user splits."""
-    by_row: dict[int, tuple[int, str, str, int]] = {}
+def _all_interactions(dataset_dict: Mapping[str, Dataset]) -> list[tuple[int, str, str, int, int | None]]:
+    """(source row, user, item, time, rating) of every interaction, in source order, from the user splits."""
+    by_row: dict[int, tuple[int, str, str, int, int | None]] = {}
     for split in USER_SPLITS:
         rows = dataset_dict[split]
         columns = [rows[c] for c in ("user_id", "history_item_ids", "history_timestamps", "history_source_rows",
-                                     "target_item_id", "target_timestamp", "target_source_row")]
-        for user, items, times, source_rows, target, target_time, target_row in zip(*columns):
-            for item, time, source_row in zip((*items, target), (*times, target_time), (*source_rows, target_row)):
-                by_row[source_row] = (source_row, user, item, time)
+                                     "history_ratings", "target_item_id", "target_timestamp", "target_source_row",
+                                     "target_rating")]
+        for user, items, times, source_rows, ratings, target, target_time, target_row, target_rating in zip(*columns):
+            for item, time, source_row, rating in zip((*items, target), (*times, target_time),
+                                                      (*source_rows, target_row), (*ratings, target_rating)):
+                by_row[source_row] = (source_row, user, item, time, rating)
     return [by_row[row] for row in sorted(by_row)]
 
 
@@ -1307,6 +1309,7 @@ def export_recbole_atomic(
     *,
     data_dir: str | os.PathLike | None = None,
     recbole_name: str | None = None,
+    with_ratings: bool = False,
 ) -> Path:
     """Write RecBole atomic files and the exact leave-one-out split (peer_protocol.md §2).
 
@@ -1316,15 +1319,23 @@ def export_recbole_atomic(
     `valid_item`, `test_item`, from the (time, source row) order. For ml100k also `<ds>.item`:
     `item_id:token release_year:token class:token_seq`.
 
+    With `with_ratings=True` (rating prediction, issue 5) the `.inter` file gets a last column `rating:float`
+    (the interaction's 1-5 rating) and the split file the columns `valid_rating` and `test_rating`; the
+    default output is unchanged.
+
     Args:
         dataset_dict_or_name: a builder's DatasetDict (either protocol: the files cover every interaction
             of its user splits) or a dataset name, built here with the leave-one-out protocol.
         out_dir: parent folder; `<out>/<ds>/` is created.
         data_dir: raw-data folder when a name is given.
         recbole_name: `<ds>`; default RECBOLE_NAMES of the dataset (the generic builder's name otherwise).
+        with_ratings: also write the ratings (see above).
 
     Returns:
         the folder `<out>/<ds>`.
+
+    Raises:
+        ValueError: a user with fewer than 3 interactions, or (with_ratings) an interaction without a rating.
     """
     if isinstance(dataset_dict_or_name, str):
         dataset_dict = load_unimp_dataset(dataset_dict_or_name, data_dir)
@@ -1335,21 +1346,31 @@ def export_recbole_atomic(
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     interactions = _all_interactions(dataset_dict)
-    rank_of = {time: rank for rank, time in enumerate(sorted({time for *_, time in interactions}), start=1)}
+    if with_ratings:
+        for _, user, item, _, rating in interactions:
+            if rating is None:
+                raise ValueError(f"{name}: the interaction of user {user!r} with item {item!r} has no rating; "
+                                 "with_ratings=True needs a 1-5 rating on every interaction")
+    rank_of = {time: rank for rank, time in enumerate(sorted({row[3] for row in interactions}), start=1)}
     with open(folder / f"{name}.inter", "w", encoding="utf-8") as handle:
-        handle.write("user_id:token\titem_id:token\ttimestamp:float\tunix_time:token\n")
-        for _, user, item, time in interactions:
-            handle.write(f"{user}\t{item}\t{rank_of[time]}\t{time}\n")
-    sequences: dict[str, list[tuple[int, int, str]]] = {}
-    for source_row, user, item, time in interactions:
-        sequences.setdefault(user, []).append((time, source_row, item))
+        handle.write("user_id:token\titem_id:token\ttimestamp:float\tunix_time:token"
+                     + ("\trating:float\n" if with_ratings else "\n"))
+        for _, user, item, time, rating in interactions:
+            rating_cell = f"\t{rating}" if with_ratings else ""
+            handle.write(f"{user}\t{item}\t{rank_of[time]}\t{time}{rating_cell}\n")
+    sequences: dict[str, list[tuple[int, int, str, int | None]]] = {}
+    for source_row, user, item, time, rating in interactions:
+        sequences.setdefault(user, []).append((time, source_row, item, rating))
     with open(folder / f"{name}.split.tsv", "w", encoding="utf-8") as handle:
-        handle.write("user_id\ttrain_items\tvalid_item\ttest_item\n")
+        handle.write("user_id\ttrain_items\tvalid_item\ttest_item"
+                     + ("\tvalid_rating\ttest_rating\n" if with_ratings else "\n"))
         for user, sequence in sequences.items():
-            ordered = [item for *_, item in sorted(sequence)]
+            ordered = sorted(sequence)  # (time, source row): ties keep the source order (peer §2.1)
             if len(ordered) < 3:
                 raise ValueError(f"user {user!r} has {len(ordered)} interactions; leave-one-out needs >= 3")
-            handle.write(f"{user}\t{' '.join(ordered[:-2])}\t{ordered[-2]}\t{ordered[-1]}\n")
+            items = [item for _, _, item, _ in ordered]
+            ratings = f"\t{ordered[-2][3]}\t{ordered[-1][3]}" if with_ratings else ""
+            handle.write(f"{user}\t{' '.join(items[:-2])}\t{items[-2]}\t{items[-1]}{ratings}\n")
     if name == "ml100k":
         with open(folder / f"{name}.item", "w", encoding="utf-8") as handle:
             handle.write("item_id:token\trelease_year:token\tclass:token_seq\n")

@@ -14,6 +14,7 @@ from transformers.tokenization_utils_base import AddedToken
 
 from .prompt_templates import (
     ANSWER_TOKEN,
+    CONTEXT_ORDERS,
     END_OF_CHUNK_TOKEN,
     IMAGE_TOKEN,
     RATING_TOKENS,
@@ -94,10 +95,22 @@ class UniMPProcessor(ProcessorMixin):
         item_images: list[str | None] | None = None,
         num_image_code_tokens: int = 0,
         item_attributes: list[list[list[str]]] | None = None,
+        context_order: str = "paper",
+        content_history_items: int | None = None,
+        max_history_items: int | None = None,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
         self.num_image_code_tokens = int(num_image_code_tokens)  # K `<img_c>` tokens of the image-generation task
+        if context_order not in CONTEXT_ORDERS:
+            raise ValueError(f"context_order must be one of {CONTEXT_ORDERS}, got {context_order!r}")
+        self.context_order = context_order  # the rec/search history layout the model was trained with
+        if content_history_items is not None and int(content_history_items) < 0:
+            raise ValueError(f"content_history_items must be >= 0 or None, got {content_history_items}")
+        # rec/search: only the last N history items show image + text, older ones are their token (None: all)
+        self.content_history_items = None if content_history_items is None else int(content_history_items)
+        # the history window the model was trained with: the pipelines' default (None: theirs)
+        self.max_history_items = None if max_history_items is None else int(max_history_items)
         self.item_ids = list(item_ids or [])
         self.item_titles = list(item_titles) if item_titles is not None else [""] * len(self.item_ids)
         self.item_images = list(item_images) if item_images is not None else [None] * len(self.item_ids)
@@ -131,6 +144,8 @@ class UniMPProcessor(ProcessorMixin):
         image_size: int = 224,
         image_processor=None,
         num_image_code_tokens: int = 0,
+        context_order: str = "paper",
+        content_history_items: int | None = None,
     ) -> "UniMPProcessor":
         """Add UniMP's tokens to `tokenizer` (reference §1.5) and build the processor.
 
@@ -139,6 +154,10 @@ class UniMPProcessor(ProcessorMixin):
         `<img_{K-1}>`, another contiguous range, for user-guided image generation (issue 7, reference §2.2 vi).
         Added tokens strip the space on their left, so `<answer> <item_3>` is exactly two tokens and the item
         token directly follows `<answer>`; a code string `<img_3> <img_41>` is exactly two tokens.
+        `context_order` ("paper" | "next_item", prompt_templates.CONTEXT_ORDERS) is the rec/search history layout
+        the model trains with, and `content_history_items` how many of the latest history items show their
+        content (None: all; older ones are their item token alone); both are saved with the processor so that
+        prompts at inference match training.
         """
         special = [IMAGE_TOKEN, END_OF_CHUNK_TOKEN, ANSWER_TOKEN]
         tokenizer.add_special_tokens(
@@ -165,6 +184,8 @@ class UniMPProcessor(ProcessorMixin):
             item_images=list(item_images) if item_images is not None else None,
             item_attributes=list(item_attributes) if item_attributes is not None else None,
             num_image_code_tokens=num_image_code_tokens,
+            context_order=context_order,
+            content_history_items=content_history_items,
         )
 
     @property
@@ -262,7 +283,9 @@ class UniMPProcessor(ProcessorMixin):
         elif task == "select" and not record.get("answer_slots"):
             record["answer_slots"] = [0]
         rendered = render_record(
-            record, "test", item_index=self._item_index, history_answer_marker=True, **template_kwargs
+            record, "test", item_index=self._item_index, history_answer_marker=True,
+            **{"context_order": self.context_order, "content_history_items": self.content_history_items,
+               **template_kwargs},
         )
         rendered.pop("answer")
         return rendered

@@ -36,6 +36,11 @@ UNKNOWN_VALUE = "Unknown"  # the one rule for a missing or empty attribute value
 DEFAULT_WORD_BUDGET = 20  # words kept per attribute value (reference §2.1)
 DEFAULT_EXPLANATION_WORD_BUDGET = 30  # words kept per explanation, train and eval alike (reference §2.2 ii)
 DEFAULT_QUERY_WORD_BUDGET = 30  # words kept per search / image-generation query (reference §2.2 vi)
+# Where a rec/search history item's token sits in its chunk. "paper": after the item's image and attributes
+# (reference §2.1-§3.2), so context reconstruction asks for an item's id right after its own content.
+# "next_item": before them (`<answer> <item_k> <image> attrs <|endofchunk|>`), so every history answer predicts
+# an item from the earlier items only: a next-item prediction at every position, as SASRec trains.
+CONTEXT_ORDERS = ("paper", "next_item")
 
 # Instructions, worded identically in the training and the evaluation form (reference §2.2; the
 # original's "Image ID" wording at image-generation test time is not copied).
@@ -261,6 +266,8 @@ def render_record(
     explanation_word_budget: int | None = DEFAULT_EXPLANATION_WORD_BUDGET,
     query_word_budget: int | None = DEFAULT_QUERY_WORD_BUDGET,
     history_answer_marker: bool | None = None,
+    context_order: str = "paper",
+    content_history_items: int | None = None,
 ) -> dict[str, Any]:
     """Render one record with its task template, training or evaluation form (reference §2.2).
 
@@ -289,6 +296,12 @@ def render_record(
         query_word_budget: words kept of the query.
         history_answer_marker: override whether rec/search history labels get `<answer>`; None = the
             form's default (train True, eval False). True at eval removes the §8.7 marker mismatch.
+        context_order: "paper" or "next_item" (see CONTEXT_ORDERS): where rec/search history items put their
+            token. In "next_item" the first history item's token is plain context (nothing precedes it to
+            predict it from); the other tasks always use the paper's order.
+        content_history_items: rec/search only; when set, only the last N history items show their image and
+            attributes, and the older ones are their item token alone (`[<answer>] <item_k> <|endofchunk|>`, no
+            `<image>`): a long history at a few tokens per item and no image encoding, as SASRec sees it.
 
     Returns:
         {"text": str, "images": list (one per `<image>` in text, None for an image-less item),
@@ -309,11 +322,27 @@ def render_record(
         chunks.append(render_item_chunk(item, word_budget=word_budget, **chunk_kwargs))
         images.append(item.get("image"))
 
+    if context_order not in CONTEXT_ORDERS:
+        raise ValueError(f"{_record_name(record)}: context_order must be one of {CONTEXT_ORDERS}, "
+                         f"got {context_order!r}")
     if task in ("rec", "search"):
         target = _require_item(record, "target")
         marker = is_train if history_answer_marker is None else history_answer_marker
+        if content_history_items is not None and content_history_items < 0:
+            raise ValueError(f"{_record_name(record)}: content_history_items must be >= 0 or None, "
+                             f"got {content_history_items}")
+        id_only = len(history) - content_history_items if content_history_items is not None else 0
         for position, item in enumerate(history):
-            add_chunk(item, label=_item_label(record, f"history[{position}]", item, item_index), with_answer=marker)
+            label = _item_label(record, f"history[{position}]", item, item_index)
+            answered = marker and (position > 0 or context_order == "paper")  # nothing precedes a first next item
+            lead = f"{ANSWER_TOKEN} {label}" if answered else label
+            if position < id_only:
+                chunks.append(f"{lead} {END_OF_CHUNK_TOKEN} ")
+            elif context_order == "next_item":  # `[<answer>] <item_k> <image> attrs <|endofchunk|>`
+                chunks.append(f"{lead} {render_item_chunk(item, word_budget=word_budget)}")
+                images.append(item.get("image"))
+            else:
+                add_chunk(item, label=label, with_answer=marker)
         answer = _item_label(record, "target", target, item_index)
         if task == "rec":
             chunks.append(f"{REC_INSTRUCTION} {ANSWER_TOKEN}")
@@ -369,6 +398,7 @@ def render_record(
 __all__ = [
     "ANSWER_TOKEN",
     "CANDIDATES_PREFIX",
+    "CONTEXT_ORDERS",
     "DEFAULT_EXPLANATION_WORD_BUDGET",
     "DEFAULT_QUERY_WORD_BUDGET",
     "DEFAULT_TASK_WEIGHTS",

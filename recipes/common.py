@@ -1,5 +1,6 @@
 """Shared recipe pieces: RecipeArguments, the processor for a dataset, rendered examples, images, plots."""
 
+import functools
 import json
 import logging
 import os
@@ -41,8 +42,19 @@ class RecipeArguments:
     max_train_seconds: float | None = field(
         default=None, metadata={"help": "Stop training (evaluating and saving first) after this many seconds."}
     )
+    time_decay_fraction: float = field(
+        default=0.0, metadata={"help": "Decay the LR linearly to 0 over this final fraction of max_train_seconds."}
+    )
     use_images: bool = field(default=True, metadata={"help": "False: every item is image-less (ablation)."})
     use_text_attributes: bool = field(default=True, metadata={"help": "False: items carry no text (ablation)."})
+    context_order: str | None = field(
+        default=None, metadata={"help": "paper | next_item: rec/search history layout (prompt_templates); "
+                                        "None: a checkpoint's own (model_name_or_path), else paper."}
+    )
+    content_history_items: int | None = field(
+        default=None, metadata={"help": "rec/search: only the last N of the max_history_items show image + text; "
+                                        "older ones are their item token alone (None: a checkpoint's own, else all)."}
+    )
     # Model
     model_preset: str = field(default="tiny", metadata={"help": "tiny | paper (UniMPConfig class methods)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Start from a UniMP checkpoint."})
@@ -85,7 +97,19 @@ def build_processor(dataset_dict, recipe: RecipeArguments, image_size: int, toke
         item_images=[item["image"] for item in items.values()],
         item_attributes=[item["attributes"] for item in items.values()],
         image_size=image_size,
+        context_order=recipe.context_order or "paper",
+        content_history_items=recipe.content_history_items,
     )
+
+
+def apply_history_layout(processor: UniMPProcessor, recipe: RecipeArguments) -> UniMPProcessor:
+    """A checkpoint's processor, with the recipe's history layout where the recipe sets one (fine-tuning may
+    change it)."""
+    if recipe.context_order is not None:
+        processor.context_order = recipe.context_order
+    if recipe.content_history_items is not None:
+        processor.content_history_items = recipe.content_history_items
+    return processor
 
 
 def parse_recipe_args(argv: list[str], dataclass_types: tuple, prog: str) -> tuple:
@@ -148,7 +172,8 @@ def render_examples(
 
     Evaluation prompts keep the `<answer>` marker on history labels, as in training (the official code drops it
     at test time, reference §8.7: a train/test mismatch we do not copy). Each example also carries `task`,
-    `user_id` and, for rec/search, `target_index` (the catalogue index of the target).
+    `user_id` and, for rec/search, `target_index` (the catalogue index of the target); for exp, the target's
+    `target_item_id`, `target_rating` and unmodified `target_explanation`.
     """
     item_index = build_item_index(processor.item_ids)
     examples = []
@@ -163,27 +188,52 @@ def render_examples(
             if not (use_images and use_text_attributes):
                 record = _ablate(record, use_images=use_images, use_text_attributes=use_text_attributes)
             rendered = render_record(
-                record, split, item_index=item_index, task_weights=task_weights, history_answer_marker=True
+                record, split, item_index=item_index, task_weights=task_weights, history_answer_marker=True,
+                context_order=processor.context_order, content_history_items=processor.content_history_items,
             )
             if images is not None:
                 rendered["images"] = [images(image) for image in rendered["images"]]
             rendered["user_id"] = record.get("user_id")
             if task in ("rec", "search"):
                 rendered["target_index"] = item_index[record["target"]["item_id"]]
+            elif task == "exp":  # the unmodified ground truth, for MAE/RMSE and the text metrics (reference §4.4)
+                rendered["target_item_id"] = record["target"]["item_id"]
+                rendered["target_rating"] = record["target"]["rating"]
+                rendered["target_explanation"] = record["target"].get("explanation")
             examples.append(rendered)
     return examples
 
 
 class TimeBudgetCallback(TrainerCallback):
     """Ends training after `max_seconds` of wall time, with a final evaluation and checkpoint, so a demo on a
-    slow or busy machine still finishes on time (the step count then depends on the machine: it is logged)."""
+    slow or busy machine still finishes on time (the step count then depends on the machine: it is logged).
 
-    def __init__(self, max_seconds: float):
-        self.max_seconds = max_seconds
+    With `decay_fraction` > 0 the learning rate also decays linearly to 0 over the last `decay_fraction` of the
+    budget: the scheduler's factor is multiplied by min(1, time left / (decay_fraction * max_seconds)). A step-based
+    schedule cannot do this when the number of steps the budget allows is unknown in advance.
+    """
+
+    def __init__(self, max_seconds: float, decay_fraction: float = 0.0):
+        if not 0.0 <= decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must lie in [0, 1], got {decay_fraction}")
+        self.max_seconds, self.decay_fraction = max_seconds, decay_fraction
         self.started = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def time_factor(self) -> float:
+        """The learning-rate multiplier now: 1 until the decay window, then linear down to 0 at the budget."""
+        if self.started is None or self.decay_fraction == 0.0:
+            return 1.0
+        left = self.max_seconds - (time.monotonic() - self.started)
+        return min(1.0, max(0.0, left / (self.decay_fraction * self.max_seconds)))
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         self.started = time.monotonic()
+        if self.decay_fraction and lr_scheduler is not None:
+            if not hasattr(lr_scheduler, "lr_lambdas"):
+                raise ValueError(f"time decay needs a LambdaLR-based scheduler, got {type(lr_scheduler).__name__}")
+            lr_scheduler.lr_lambdas = [
+                functools.partial(_times_time_factor, schedule, self) for schedule in lr_scheduler.lr_lambdas
+            ]
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.started > self.max_seconds:
@@ -192,6 +242,10 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = True
         return control
+
+
+def _times_time_factor(schedule, callback: TimeBudgetCallback, step: int) -> float:
+    return schedule(step) * callback.time_factor()
 
 
 def _ablate(record: dict, *, use_images: bool, use_text_attributes: bool) -> dict:
@@ -260,6 +314,7 @@ __all__ = [
     "ImageCache",
     "RecipeArguments",
     "TimeBudgetCallback",
+    "apply_history_layout",
     "build_processor",
     "parse_recipe_args",
     "load_dataset_dict",

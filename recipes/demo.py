@@ -77,10 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     dataset_dict = load_dataset_dict(recipe)
     row, top, scores = recommend_for_user(model, processor, dataset_dict, user_index=0,
                                           max_history_items=training.max_history_items)
-    history = row["history_item_ids"][-training.max_history_items:]
+    window = row["history_item_ids"][-training.max_history_items:]
+    history = window[-(processor.content_history_items or len(window)):]  # the items shown with poster + text
     titles = dict(zip(processor.item_ids, processor.item_titles))
     posters = dict(zip(processor.item_ids, processor.item_images))
-    print(f"\nUser {row['user_id']}: the last {len(history)} movies watched")
+    older = f" (and {len(window) - len(history)} older ones, as item ids)" if len(window) > len(history) else ""
+    print(f"\nUser {row['user_id']}: the last {len(history)} movies watched{older}")
     for item_id in history:
         print(f"  - {titles[item_id]} (item {item_id})")
     print("Top-5 recommendations:")

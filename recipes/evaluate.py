@@ -1,18 +1,31 @@
-"""Evaluate a UniMP checkpoint: exact full-catalogue ranking from one forward pass (reference §4, issue 5).
+"""Evaluate a UniMP checkpoint (reference §4, issue 5).
 
-Usage: python -m recipes.evaluate CHECKPOINT_DIR [--dataset ml-100k-posters] [--split test] [--task rec]
+- rec: exact full-catalogue ranking from one forward pass, next to the popularity baseline.
+- exp: rating MAE/RMSE (the rating token at the answer slot) next to mean baselines fit on the training
+  interactions, and the text metrics of the generated explanations where the data has them.
+
+Usage: python -m recipes.evaluate CHECKPOINT_DIR [--dataset ml-100k-posters] [--split test] [--task rec|exp]
 """
 
 import argparse
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
+from modeling_unimp.pipeline_unimp import END_OF_CHUNK_TOKEN, _UniMPAllowedTokens
 from processing import UniMPDataCollator
-from processing.metrics_unimp import compute_ranking_metrics_from_ranks, rank_of_targets
+from processing.metrics_unimp import (
+    EMPTY_EXPLANATION,
+    compute_ranking_metrics_from_ranks,
+    compute_rating_metrics,
+    compute_text_metrics,
+    rank_of_targets,
+)
+from processing.prompt_templates import RATING_TOKENS
 
 from .common import ImageCache, RecipeArguments, load_dataset_dict, render_examples, write_json
 
@@ -100,6 +113,163 @@ def evaluate_recommendation(
     return results
 
 
+def training_ratings(dataset_dict) -> list[tuple[str, str, float]]:
+    """(user_id, item_id, rating) of every rated interaction in the training split (its histories and targets)."""
+    triples = []
+    for row in dataset_dict["train"]:
+        ratings = row.get("history_ratings") or [None] * len(row["history_item_ids"])
+        steps = list(zip(row["history_item_ids"], ratings)) + [(row["target_item_id"], row.get("target_rating"))]
+        triples.extend((row["user_id"], item, float(rating)) for item, rating in steps if rating is not None)
+    return triples
+
+
+def rating_baselines(triples, pairs, *, item_shrinkage: float = 25.0, user_shrinkage: float = 10.0) -> dict:
+    """Rating predictions of the mean baselines for (user_id, item_id) `pairs`, fit on training `triples`.
+
+    global_mean: mu. user_mean / item_mean: the user's / item's mean training rating, mu when it has none.
+    user_item_bias: mu + b_u + b_i with shrunk biases (Koren 2010, eq. 2-3),
+        b_i = sum_{u in R(i)} (r_ui - mu) / (item_shrinkage + |R(i)|),
+        b_u = sum_{i in R(u)} (r_ui - mu - b_i) / (user_shrinkage + |R(u)|),
+    clipped to [1, 5].
+
+    Returns: {name: [prediction per pair]}.
+    """
+    if not triples:
+        raise ValueError("rating_baselines needs rated training interactions; this dataset has no ratings")
+    mu = sum(rating for *_, rating in triples) / len(triples)
+    by_user, by_item = defaultdict(list), defaultdict(list)
+    for user, item, rating in triples:
+        by_user[user].append((item, rating))
+        by_item[item].append(rating)
+    item_bias = {item: sum(r - mu for r in rs) / (item_shrinkage + len(rs)) for item, rs in by_item.items()}
+    user_bias = {user: sum(r - mu - item_bias[i] for i, r in steps) / (user_shrinkage + len(steps))
+                 for user, steps in by_user.items()}
+    predictions = {"global_mean": [], "user_mean": [], "item_mean": [], "user_item_bias": []}
+    for user, item in pairs:
+        user_ratings = [r for _, r in by_user.get(user, [])]
+        predictions["global_mean"].append(mu)
+        predictions["user_mean"].append(sum(user_ratings) / len(user_ratings) if user_ratings else mu)
+        predictions["item_mean"].append(sum(by_item[item]) / len(by_item[item]) if item in by_item else mu)
+        biased = mu + user_bias.get(user, 0.0) + item_bias.get(item, 0.0)
+        predictions["user_item_bias"].append(min(5.0, max(1.0, biased)))
+    return predictions
+
+
+@torch.no_grad()
+def predict_ratings_and_explanations(
+    model, processor, examples: list[dict], *, batch_size: int = 32, max_new_tokens: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Rating distribution at the answer slot and (with `max_new_tokens` > 0) greedy explanations.
+
+    The first answer token is constrained to `rate_1..rate_5` (reference §4.4 reads the first word as the rating;
+    constraining it removes the official code's "unparsable -> 3.0" case); the explanation is the greedy text that
+    follows it, up to `<|endofchunk|>`/EOS.
+
+    Returns: {"probabilities": (n, 5) tensor, "explanations": list[str] (empty unless generated)}.
+    """
+    tokenizer = processor.tokenizer
+    rating_ids = tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))
+    end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)]
+    collator = UniMPDataCollator(processor, for_generation=True)
+    model.eval()
+    probabilities, explanations = [], []
+    for start in tqdm(range(0, len(examples), batch_size), desc="rating", disable=not progress):
+        batch = collator(examples[start : start + batch_size])
+        if max_new_tokens <= 0:
+            logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]
+            probabilities.append(logits[:, rating_ids].float().softmax(-1))
+            continue
+        prompt_length = batch["input_ids"].shape[1]
+        first = torch.zeros(len(batch["input_ids"]), logits_vocab_size(model), dtype=torch.bool)
+        first[:, rating_ids] = True
+        generated = model.generate(
+            **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
+            pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True,
+            logits_processor=LogitsProcessorList([_UniMPAllowedTokens(first, None, prompt_length)]),
+        )
+        probabilities.append(generated.logits[0][:, rating_ids].float().softmax(-1))
+        for token_ids in generated.sequences[:, prompt_length + 1 :].tolist():
+            explanations.append(tokenizer.decode(token_ids, skip_special_tokens=True).strip())
+    return {"probabilities": torch.cat(probabilities) if probabilities else torch.empty(0, 5),
+            "explanations": explanations}
+
+
+def logits_vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def evaluate_explanation(
+    model,
+    processor,
+    dataset_dict,
+    *,
+    split: str,
+    max_history_items: int,
+    batch_size: int = 32,
+    max_users: int | None = None,
+    images: ImageCache | None = None,
+    progress: bool = False,
+    max_new_tokens: int = 40,
+    use_images: bool = True,
+    use_text_attributes: bool = True,
+) -> dict:
+    """Rating MAE/RMSE of UniMP and the mean baselines on `split`, plus explanation text metrics (reference §4.4).
+
+    `unimp_rating`: the most likely rating token (the reference's first generated word, constrained to a rating);
+    `unimp_rating_expected`: the expectation under the rating-token distribution (the squared-error optimum).
+    Explanations are generated only when the split's targets have explanation text (Amazon reviews; MovieLens
+    has none) and `max_new_tokens` > 0; they are scored against the unmodified ground truth.
+    """
+    examples = render_examples(
+        dataset_dict, processor, tasks=["exp"], split=split, task_weights=None, max_history_items=max_history_items,
+        images=images, max_users=max_users, use_images=use_images, use_text_attributes=use_text_attributes,
+    )
+    if not examples:
+        raise ValueError(f"split {split!r} has no rated targets: the exp task needs ratings")
+    references = [example["target_explanation"] for example in examples]
+    has_text = any(reference for reference in references)
+    started = time.perf_counter()
+    predicted = predict_ratings_and_explanations(
+        model, processor, examples, batch_size=batch_size, max_new_tokens=max_new_tokens if has_text else 0,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    true = [float(example["target_rating"]) for example in examples]
+    probabilities = predicted["probabilities"]
+    values = torch.arange(1, 6, dtype=torch.float32)
+    results = {
+        "num_users": len(examples), "eval_users_per_second": round(len(examples) / max(seconds, 1e-9), 1),
+        "unimp_rating": compute_rating_metrics((probabilities.argmax(-1) + 1).float(), true),
+        "unimp_rating_expected": compute_rating_metrics(probabilities @ values, true),
+        "rating_distribution": {"true": _histogram(true), "unimp": _histogram(probabilities.argmax(-1) + 1)},
+    }
+    pairs = [(example["user_id"], example["target_item_id"]) for example in examples]
+    for name, baseline in rating_baselines(training_ratings(dataset_dict), pairs).items():
+        results[name] = compute_rating_metrics(baseline, true)
+    if predicted["explanations"]:
+        scored = [(text or EMPTY_EXPLANATION, reference) for text, reference in zip(predicted["explanations"],
+                                                                                  references) if reference]
+        results["num_explanations"] = len(scored)
+        results["unimp_explanation"] = compute_text_metrics(*map(list, zip(*scored)))
+        results["explanation_samples"] = [{"generated": g, "reference": r} for g, r in scored[:5]]
+        # baseline: repeat the user's latest explanation of an earlier item (the newest one the prompt shows)
+        rows = {row["user_id"]: row for row in dataset_dict[split]}
+        repeated = [(_latest_text(rows[example["user_id"]].get("history_explanations")), reference)
+                    for example, reference in zip(examples, references) if reference]
+        results["last_explanation_baseline"] = compute_text_metrics(*map(list, zip(*repeated)))
+    return results
+
+
+def _latest_text(texts) -> str:
+    return next((text for text in reversed(texts or []) if text), EMPTY_EXPLANATION)
+
+
+def _histogram(ratings) -> dict[str, int]:
+    counts = Counter(int(r) for r in (ratings.tolist() if torch.is_tensor(ratings) else ratings))
+    return {str(r): counts.get(r, 0) for r in range(1, 6)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate a saved checkpoint on one split and write `metrics.json` next to it (or to --output)."""
     from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
@@ -109,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset", default="ml-100k-posters")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--split", default="test", choices=["validation", "test"])
-    parser.add_argument("--task", default="rec", choices=["rec"])
+    parser.add_argument("--task", default="rec", choices=["rec", "exp"])
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="exp: explanation length (0: ratings only)")
     parser.add_argument("--max-history-items", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-users", type=int, default=None)
@@ -120,12 +291,16 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = RecipeArguments(dataset=args.dataset, data_dir=args.data_dir)
     dataset_dict = load_dataset_dict(recipe)
     image_size = processor.image_processor.size["height"]
-    metrics = evaluate_recommendation(
-        model, processor, dataset_dict, split=args.split, max_history_items=args.max_history_items,
-        batch_size=args.batch_size, max_users=args.max_users, images=ImageCache(image_size), progress=True,
-    )
+    common = {"split": args.split, "max_history_items": args.max_history_items, "batch_size": args.batch_size,
+              "max_users": args.max_users, "images": ImageCache(image_size), "progress": True}
+    if args.task == "exp":
+        metrics = evaluate_explanation(model, processor, dataset_dict, max_new_tokens=args.max_new_tokens, **common)
+    else:
+        metrics = evaluate_recommendation(model, processor, dataset_dict, **common)
     metrics["split"], metrics["dataset"], metrics["task"] = args.split, args.dataset, args.task
-    write_json(metrics, args.output or f"{args.checkpoint}/metrics.json")
+    name = "metrics.json" if args.task == "rec" else f"metrics_{args.task}.json"
+    default_output = f"{args.checkpoint}/{name}"
+    write_json(metrics, args.output or default_output)
     print(metrics)
     return metrics
 

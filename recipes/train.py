@@ -21,6 +21,7 @@ from .common import (
     ImageCache,
     RecipeArguments,
     TimeBudgetCallback,
+    apply_history_layout,
     build_processor,
     load_dataset_dict,
     parse_recipe_args,
@@ -29,7 +30,7 @@ from .common import (
     write_json,
     write_training_curve,
 )
-from .evaluate import evaluate_recommendation
+from .evaluate import evaluate_explanation, evaluate_recommendation
 
 logger = logging.getLogger("unimp.recipes.train")
 
@@ -38,7 +39,7 @@ def build_model(recipe: RecipeArguments, dataset_dict):
     """The model and its processor: from a UniMP checkpoint, from pretrained towers, or a fresh preset."""
     if recipe.model_name_or_path:
         model = UniMPForConditionalGeneration.from_pretrained(recipe.model_name_or_path)
-        return model, UniMPProcessor.from_pretrained(recipe.model_name_or_path)
+        return model, apply_history_layout(UniMPProcessor.from_pretrained(recipe.model_name_or_path), recipe)
     if recipe.model_preset not in ("tiny", "paper"):
         raise ValueError(f"model_preset must be 'tiny' or 'paper', got {recipe.model_preset!r}")
     config = getattr(UniMPConfig, recipe.model_preset)()
@@ -109,7 +110,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         evaluation_fn=validation_ranking if training.eval_strategy != "no" else None,
     )
     if recipe.max_train_seconds:
-        trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds))
+        trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds, recipe.time_decay_fraction))
     last_checkpoint = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)
@@ -119,12 +120,20 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         trainer.model.save_pretrained(Path(training.output_dir) / "adapter")
         final = trainer.model.merge_and_unload()
     final.save_pretrained(training.output_dir)
+    processor.max_history_items = training.max_history_items  # the pipelines' default window
     processor.save_pretrained(training.output_dir)
     test = evaluate_recommendation(
         final, processor, dataset_dict, split="test", max_history_items=training.max_history_items,
         ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, images=images, progress=True,
         max_users=recipe.max_test_users, use_images=recipe.use_images, use_text_attributes=recipe.use_text_attributes,
     )
+    if "exp" in recipe.tasks:  # rating MAE/RMSE (+ explanations where the data has text) next to mean baselines
+        test["exp"] = evaluate_explanation(
+            final, processor, dataset_dict, split="test", max_history_items=training.max_history_items,
+            batch_size=training.per_device_eval_batch_size, images=images, progress=True,
+            max_users=recipe.max_test_users, use_images=recipe.use_images,
+            use_text_attributes=recipe.use_text_attributes,
+        )
     metrics = {
         "dataset": recipe.dataset, "protocol": recipe.protocol, "tasks": recipe.tasks, "split": "test",
         "global_step": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -132,7 +141,9 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         "trainer_seconds": round(trainer.state.log_history[-1].get("train_runtime", 0.0), 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
         "variant": {"use_images": recipe.use_images, "use_text_attributes": recipe.use_text_attributes,
-                    "focal_gamma": training.focal_gamma, "context_weight": training.context_weight},
+                    "focal_gamma": training.focal_gamma, "context_weight": training.context_weight,
+                    "context_order": processor.context_order,
+                    "content_history_items": processor.content_history_items},
         **test,
     }
     write_json(metrics, Path(training.output_dir) / "metrics.json")

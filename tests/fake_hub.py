@@ -108,7 +108,8 @@ class _Blob:
 
     @property
     def pointer(self) -> bytes:
-        return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.content)}\n".encode()
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.content)}\n"
+        return pointer.encode()
 
     @property
     def git_oid(self) -> str:
@@ -489,7 +490,8 @@ class _Handler(BaseHTTPRequestHandler):
             rest = seg
             if rest[:1] in (["datasets"], ["spaces"]):
                 repo_type, rest = rest[0][:-1], rest[1:]
-            is_lfs_batch = len(rest) == 6 and rest[1].endswith(".git") and rest[2:] == ["info", "lfs", "objects", "batch"]
+            is_lfs_batch = (len(rest) == 6 and rest[1].endswith(".git")
+                            and rest[2:] == ["info", "lfs", "objects", "batch"])
             if is_lfs_batch and method == "POST":
                 return self._lfs_batch(repo_type, rest[0], rest[1][: -len(".git")], json.loads(body))
             if len(rest) >= 5 and rest[2] == "resolve" and method in ("GET", "HEAD"):
@@ -797,7 +799,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
             sha = commit.sha
         headers = {"X-Repo-Commit": sha, "ETag": f'"{blob.etag}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream", "Content-Disposition": f'inline; filename="{quote(path)}"'}
+                   "Content-Type": "application/octet-stream",
+                   "Content-Disposition": f'inline; filename="{quote(path)}"'}
         if blob.lfs:
             headers["X-Linked-Etag"] = f'"{blob.sha256}"'
             headers["X-Linked-Size"] = str(len(blob.content))

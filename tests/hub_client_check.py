@@ -61,7 +61,8 @@ def _tiny_tokenizer():
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=64, special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
+    trainer = trainers.BpeTrainer(vocab_size=64, special_tokens=["<unk>", "<pad>", "<s>", "</s>"])
+    tok.train_from_iterator(CORPUS, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>")
 

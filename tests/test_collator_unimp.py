@@ -56,3 +56,13 @@ def test_generation_mode_pads_left_without_labels(tiny_processor):
 def test_missing_field_raises_naming_it(tiny_processor):
     with pytest.raises(ValueError, match="'images'"):
         UniMPDataCollator(tiny_processor)([{"text": "<answer> <item_0>"}])
+
+
+def test_next_item_history_answers_supervise_only_the_item_token(tiny_processor):
+    text = ("<item_0> <image> Title Toy Story <|endofchunk|> <answer> <item_1> <image> Title Heat <|endofchunk|> "
+            "What next? <answer> <item_2>")
+    batch = UniMPDataCollator(tiny_processor, context_weight=0.5)([{"text": text, "images": [None, None],
+                                                                     "task_weight": 2.0}])
+    assert _supervised_tokens(tiny_processor, batch) == ["<item_1>", "<item_2>", "<|endoftext|>"]
+    weights = batch["token_weights"][0]
+    assert weights[batch["labels"][0] != IGNORE_INDEX].tolist() == [1.0, 2.0, 2.0]

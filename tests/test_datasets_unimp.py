@@ -208,6 +208,40 @@ def test_exported_inter_keeps_source_order_and_dense_time_rank(exported, data_di
     assert len(hm_inter) == 7070 and hm_inter["item_id:token"].str.len().eq(10).all()
 
 
+def _rated_dataset(tmp_path, drop_rating_of=None):
+    """Two users, four items each (a time tie for u2), ratings 1-5; `drop_rating_of` = (user, item) unrated."""
+    items = _write_jsonl(tmp_path / "items.jsonl", [{"item_id": i, "attributes": {"Title": i}} for i in "abcd"])
+    rows = [("u1", "a", 10, 5), ("u1", "b", 30, 3), ("u1", "c", 20, 1), ("u1", "d", 40, 4),
+            ("u2", "d", 15, 2), ("u2", "c", 15, 5), ("u2", "a", 5, 4), ("u2", "b", 50, 3)]
+    interactions = _write_jsonl(tmp_path / "interactions.jsonl", [
+        {"user_id": u, "item_id": i, "timestamp": t, **({} if (u, i) == drop_rating_of else {"rating": r})}
+        for u, i, t, r in rows])
+    return data.build_generic(interactions, items, name="rated", check_images=False)
+
+
+def test_export_with_ratings_adds_rating_columns_and_keeps_the_default(tmp_path):
+    dataset_dict = _rated_dataset(tmp_path)
+    plain = data.export_recbole_atomic(dataset_dict, tmp_path / "plain")
+    rated = data.export_recbole_atomic(dataset_dict, tmp_path / "rated", with_ratings=True)
+    inter = pd.read_csv(rated / "rated.inter", sep="\t", dtype=str)
+    assert list(inter.columns) == ["user_id:token", "item_id:token", "timestamp:float", "unix_time:token",
+                                   "rating:float"]
+    assert inter.drop(columns="rating:float").equals(pd.read_csv(plain / "rated.inter", sep="\t", dtype=str))
+    assert inter["rating:float"].tolist() == ["5", "3", "1", "4", "2", "5", "4", "3"]  # source order
+    split = pd.read_csv(rated / "rated.split.tsv", sep="\t", dtype=str)
+    assert list(split.columns) == ["user_id", "train_items", "valid_item", "test_item", "valid_rating", "test_rating"]
+    # u1: a(10) c(20) b(30) d(40); u2: a(5), then the tie at 15 keeps file order d, c, then b(50)
+    assert split.values.tolist() == [["u1", "a c", "b", "d", "3", "4"], ["u2", "a d", "c", "b", "5", "3"]]
+    assert split.iloc[:, :4].equals(pd.read_csv(plain / "rated.split.tsv", sep="\t", dtype=str))
+
+
+def test_export_with_ratings_names_the_unrated_interaction(tmp_path):
+    dataset_dict = _rated_dataset(tmp_path, drop_rating_of=("u2", "c"))
+    data.export_recbole_atomic(dataset_dict, tmp_path / "plain")  # the default export needs no rating
+    with pytest.raises(ValueError, match="user 'u2' with item 'c' has no rating"):
+        data.export_recbole_atomic(dataset_dict, tmp_path / "rated", with_ratings=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Task records on real data
 # ----------------------------------------------------------------------------------------------

@@ -143,6 +143,11 @@ def test_max_history_items_keeps_the_most_recent_items(recommend):
     long_history = [f"m{k % NUM_ITEMS}" for k in range(13)]
     _assert_same_results(recommend(long_history, top_k=3), recommend(long_history[-10:], top_k=3))  # default 10
     _assert_same_results(recommend(long_history, top_k=3, max_history_items=2), recommend(long_history[-2:], top_k=3))
+    recommend.processor.max_history_items = 4  # a processor saved by recipes.train records its training window
+    try:
+        _assert_same_results(recommend(long_history, top_k=3), recommend(long_history[-4:], top_k=3))
+    finally:
+        recommend.processor.max_history_items = None
 
 
 # ------------------------------------------------------------------ item dicts and images

@@ -162,3 +162,23 @@ def test_a_pretrained_tokenizer_works_as_well_smollm2():
     batch = processor(text=[PROMPT.replace("<item_2>", "<item_1>")], images=[[_red(), None]])
     assert batch["input_ids"][0, 0] == processor.tokenizer.bos_token_id
     assert processor.model_token_ids()["num_items"] == 2
+
+
+def test_history_layout_is_saved_and_used_by_render_prompt(tiny_tokenizer, tmp_path):
+    import copy
+
+    from conftest import TINY_CATALOGUE
+
+    from processing import UniMPProcessor
+
+    processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), image_size=32, context_order="next_item",
+                                              content_history_items=1, **TINY_CATALOGUE)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.context_order == "next_item" and loaded.content_history_items == 1
+    history = [{"item_id": "m1", "attributes": [("Title", "Toy Story")], "image": None},
+               {"item_id": "m2", "attributes": [("Title", "Heat")], "image": None}]
+    prompt = loaded.render_prompt({"task": "rec", "history": history})["text"]
+    assert prompt.startswith("<item_0> <|endofchunk|> <answer> <item_1> <image> Title Heat <|endofchunk|>")
+    with pytest.raises(ValueError, match="context_order"):
+        UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), context_order="sideways", **TINY_CATALOGUE)

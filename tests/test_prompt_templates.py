@@ -245,3 +245,43 @@ def test_module_is_stdlib_only_for_remote_code():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
     assert imported <= {"math", "re", "collections", "typing"}
+
+
+def test_next_item_order_puts_each_history_token_before_its_content():
+    record = {"task": "rec", "history": [_item("A", "Heat"), _item("B", "Up")], "target": _item("C", "Jaws")}
+    train = render_record(record, "train", item_index=ITEM_INDEX, context_order="next_item")
+    assert train["text"] == (
+        "<item_0> <image> Title Heat Price Unknown <|endofchunk|> "
+        "<answer> <item_1> <image> Title Up Price Unknown <|endofchunk|> "
+        "What is the next item recommended to the user? <answer> <item_2>"
+    )
+    assert train["images"] == ["img-A", "img-B"] and train["answer"] == "<item_2>"
+    test = render_record(record, "test", item_index=ITEM_INDEX, context_order="next_item", history_answer_marker=True)
+    assert train["text"] == f"{test['text']} <item_2>"
+    plain = render_record(record, "test", item_index=ITEM_INDEX, context_order="next_item")
+    assert ANSWER_TOKEN not in plain["text"].rsplit("?", 1)[0]  # the eval default keeps history ids as plain context
+
+
+def test_next_item_order_leaves_other_tasks_and_rejects_unknown_orders():
+    record = {"task": "exp", "history": [_item("A", "Heat", rating=4)], "target": _item("B", "Up", rating=5)}
+    assert render_record(record, "train", context_order="next_item") == render_record(record, "train")
+    with pytest.raises(ValueError, match="context_order must be one of"):
+        render_record({**record, "task": "rec"}, "train", item_index=ITEM_INDEX, context_order="reversed")
+
+
+@pytest.mark.parametrize("order, expected", [
+    ("next_item", "<item_0> <|endofchunk|> <answer> <item_1> <|endofchunk|> "
+                  "<answer> <item_2> <image> Title Jaws Price Unknown <|endofchunk|> "),
+    ("paper", "<answer> <item_0> <|endofchunk|> <answer> <item_1> <|endofchunk|> "
+              "<image> Title Jaws Price Unknown <answer> <item_2> <|endofchunk|> "),
+])
+def test_older_history_items_can_be_their_token_alone(order, expected):
+    history = [_item("A", "Heat"), _item("B", "Up"), _item("C", "Jaws")]
+    record = {"task": "rec", "history": history, "target": _item("D", "Alien")}
+    rendered = render_record(record, "train", item_index=ITEM_INDEX, context_order=order, content_history_items=1)
+    assert rendered["text"] == f"{expected}What is the next item recommended to the user? <answer> <item_3>"
+    assert rendered["images"] == ["img-C"]  # token-only items have no <image> and no image slot
+    everything = render_record(record, "train", item_index=ITEM_INDEX, context_order=order, content_history_items=3)
+    assert everything == render_record(record, "train", item_index=ITEM_INDEX, context_order=order)
+    with pytest.raises(ValueError, match="content_history_items"):
+        render_record(record, "train", item_index=ITEM_INDEX, content_history_items=-1)

@@ -178,3 +178,23 @@ def test_readme_quick_start_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("[") and sum(item in printed for item in ("'m1'", "'m2'", "'m3'")) == 2
+
+
+def test_time_budget_decays_the_learning_rate_linearly_to_zero(monkeypatch):
+    from recipes import common
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock["now"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.8)  # the schedule's own factor
+    callback = common.TimeBudgetCallback(max_seconds=10.0, decay_fraction=0.4)
+    callback.on_train_begin(None, None, None, lr_scheduler=scheduler)
+    rates = []
+    for elapsed in (1.0, 6.0, 8.0, 9.0, 12.0):  # decay window = the last 4 s of the 10 s budget
+        clock["now"] = 100.0 + elapsed
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.4, 0.4, 0.2, 0.1, 0.0])
+    with pytest.raises(ValueError, match="decay_fraction"):
+        common.TimeBudgetCallback(max_seconds=10.0, decay_fraction=1.5)

@@ -1,0 +1,84 @@
+"""recipes/evaluate.py: rating baselines, rating + explanation prediction, the exp evaluation on real data (issue 5)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, make_tiny_config
+from PIL import Image
+
+from modeling_unimp import UniMPForConditionalGeneration
+from recipes import train
+from recipes.evaluate import predict_ratings_and_explanations, rating_baselines
+
+
+def test_rating_baselines_match_hand_computed_values():
+    triples = [("u1", "a", 5.0), ("u1", "b", 3.0), ("u2", "a", 4.0)]
+    pairs = [("u1", "a"), ("u2", "b"), ("u3", "c")]  # u3 and c are unseen: the global mean stands in
+    predicted = rating_baselines(triples, pairs, item_shrinkage=1.0, user_shrinkage=2.0)
+    assert predicted["global_mean"] == [4.0, 4.0, 4.0]
+    assert predicted["user_mean"] == [4.0, 4.0, 4.0]
+    assert predicted["item_mean"] == [4.5, 3.0, 4.0]
+    b_a, b_b = (1.0 + 0.0) / (1 + 2), -1.0 / (1 + 1)  # sum(r - mu) / (shrinkage + n)
+    b_u1 = ((5 - 4 - b_a) + (3 - 4 - b_b)) / (2 + 2)
+    b_u2 = (4 - 4 - b_a) / (2 + 1)
+    expected = [4 + b_u1 + b_a, 4 + b_u2 + b_b, 4.0]
+    assert predicted["user_item_bias"] == pytest.approx(expected)
+
+
+def test_rating_baselines_clip_to_the_rating_scale_and_reject_unrated_data():
+    predicted = rating_baselines([("u", "a", 5.0)] * 3 + [("v", "b", 1.0)], [("u", "a")], item_shrinkage=0.0,
+                                 user_shrinkage=0.0)
+    assert predicted["user_item_bias"] == [5.0]  # mu 4 + b_a 1 + b_u 0: at the top, not above it
+    with pytest.raises(ValueError, match="no ratings"):
+        rating_baselines([], [("u", "a")])
+
+
+def _exp_examples(n: int) -> list[dict]:
+    examples = []
+    for i in range(n):
+        text = (f"<image> Title Heat <answer> rate_{1 + i % 5} Great film <|endofchunk|> "
+                "<image> Title Up What is the rating and explanation for the item? <answer>")
+        images = [Image.new("RGB", (32, 32), (40 * i, 90, 20)), Image.new("RGB", (32, 32), (10, 40 * i, 200))]
+        examples.append({"text": text, "images": images, "task": "exp", "task_weight": 1.0})
+    return examples
+
+
+def test_generated_rating_is_the_argmax_of_the_scored_distribution(tiny_processor):
+    torch.manual_seed(0)
+    model = UniMPForConditionalGeneration(make_tiny_config())
+    tiny_processor.prepare_model(model)
+    with torch.no_grad():  # open the gates so the images matter
+        for name, parameter in model.named_parameters():
+            if name.endswith("gate"):
+                parameter.fill_(1.0)
+    examples = _exp_examples(5)
+    scored = predict_ratings_and_explanations(model, tiny_processor, examples, batch_size=2)
+    generated = predict_ratings_and_explanations(model, tiny_processor, examples, batch_size=3, max_new_tokens=4)
+    probabilities = scored["probabilities"]
+    assert probabilities.shape == (5, 5) and torch.allclose(probabilities.sum(-1), torch.ones(5))
+    # batch composition (left padding) and the generation path do not change the distribution
+    torch.testing.assert_close(generated["probabilities"], probabilities, atol=1e-5, rtol=1e-4)
+    assert scored["explanations"] == [] and len(generated["explanations"]) == 5
+    assert not torch.allclose(probabilities[0], probabilities[1])  # each row is its own user's prediction
+
+
+def test_train_recipe_reports_rating_and_explanation_metrics_on_amazon(data_dir, tmp_path):
+    recipe, training = train.parse_args([
+        str(REPO_ROOT / "recipes" / "configs" / "amazon_mi_tiny.yaml"),
+        f"output_dir={tmp_path}", "max_steps=2", "eval_steps=2", "save_steps=2", "max_train_users=10",
+        "max_eval_users=4", "max_test_users=6", "per_device_train_batch_size=2", "max_history_items=2",
+        "num_windows_per_user=1", "disable_tqdm=true", f"data_dir={data_dir}", "tasks=[rec,exp]",
+    ])
+    metrics = train.main(recipe, training)
+    exp = metrics["exp"]
+    assert exp["num_users"] == 6 and exp["num_explanations"] == 6
+    for name in ("unimp_rating", "unimp_rating_expected", "global_mean", "user_mean", "item_mean", "user_item_bias"):
+        assert 0.0 <= exp[name]["mae"] <= exp[name]["rmse"] <= 4.0, name
+    assert sum(exp["rating_distribution"]["true"].values()) == 6
+    assert set(exp["unimp_explanation"]) == {"rouge1", "rouge2", "rougeL", "bleu4", "unigram_precision"}
+    assert set(exp["last_explanation_baseline"]) == set(exp["unimp_explanation"])
+    assert all(isinstance(s["generated"], str) and s["reference"] for s in exp["explanation_samples"])
+    assert math.isfinite(exp["unimp_explanation"]["rougeL"])
+    assert (Path(tmp_path) / "metrics.json").exists()
