@@ -117,6 +117,37 @@ def save_results(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def run_spec_in_child(script: str, spec: dict, env: dict, prefix: str) -> tuple[dict, int]:
+    """Run one spec in a child process of `script` (``--_child spec.json``) in a fresh work dir (set on `spec`).
+
+    Returns the child's result dict ({"status": "crashed (exit N)"} when it wrote none) and its exit code.
+    """
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    spec.update(workdir=workdir, result_path=workdir + "/result.json")
+    Path(workdir, "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, os.path.abspath(script), "--_child", workdir + "/spec.json"], env=env)
+    try:
+        return json.loads(Path(spec["result_path"]).read_text()), proc.returncode
+    except (OSError, json.JSONDecodeError):
+        return {"status": f"crashed (exit {proc.returncode})"}, proc.returncode
+
+
+def merge_run(out: Path, entry: dict, meta: dict, finalize=None) -> None:
+    """Replace `entry`'s run (same run_key) in the results file `out`, under a file lock (parallel invocations may
+    share `out`); `finalize(data)` may update the merged data before it is written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = Path(tempfile.gettempdir()) / (
+        "run_peers-" + hashlib.md5(str(out.resolve()).encode()).hexdigest()[:12] + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load_results(out)   # re-read: another invocation may have written
+        data["runs"] = [r for r in data["runs"] if run_key(r) != run_key(entry)] + [entry]
+        data["meta"] = meta
+        if finalize is not None:
+            finalize(data)
+        save_results(out, data)
+
+
 # --------------------------------------------------------------------------------------------
 # child: one (dataset, model, seed) run
 # --------------------------------------------------------------------------------------------
@@ -539,42 +570,27 @@ def main(argv: list[str] | None = None) -> int:
                                               for r in data["runs"]):
                     print(f"[run_peers] skip {ds}/{model}/seed {seed}: already in {out}")
                     continue
-                workdir = tempfile.mkdtemp(prefix=f"peer-{ds}-{model}-")
-                spec.update(workdir=workdir, result_path=workdir + "/result.json")
-                Path(workdir, "spec.json").write_text(json.dumps(spec))
                 print(f"[run_peers] {ds}/{model}/seed {seed} (epoch cap {spec['epoch_cap']}) ...",
                       flush=True)
                 t0 = time.time()
-                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
-                                       workdir + "/spec.json"], env=env)
-                try:
-                    res = json.loads(Path(spec["result_path"]).read_text())
-                except (OSError, json.JSONDecodeError):
-                    res = {"status": f"crashed (exit {proc.returncode})"}
+                res, returncode = run_spec_in_child(__file__, spec, env, prefix=f"peer-{ds}-{model}-")
+                workdir = spec["workdir"]
                 if args.verify_only:
                     subprocess.run(["rm", "-rf", workdir])
                     ok = res.get("status") == "verified"
                     print(f"[run_peers] verify {ds}/{model}: "
                           f"{'OK' if ok else 'FAILED'} {res.get('split_check', res.get('error', ''))}")
                     if not ok:
-                        return EXIT_SPLIT_MISMATCH if proc.returncode == EXIT_SPLIT_MISMATCH else 1
+                        return EXIT_SPLIT_MISMATCH if returncode == EXIT_SPLIT_MISMATCH else 1
                     continue
                 entry = {k: spec[k] for k in ("dataset", "model", "seed", "epoch_cap", "patience",
                                               "overrides")}
                 entry.update(res, wall_seconds=time.time() - t0, data_dir=data_dir,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                out.parent.mkdir(parents=True, exist_ok=True)
-                lock_path = Path(tempfile.gettempdir()) / (
-                    "run_peers-" + hashlib.md5(str(out.resolve()).encode()).hexdigest()[:12] + ".lock")
-                with open(lock_path, "w") as lock:   # parallel invocations may share --out
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    data = load_results(out)   # re-read: another invocation may have written
-                    data["runs"] = [r for r in data["runs"] if run_key(r) != run_key(entry)] + [entry]
-                    data["meta"] = peer_meta()
-                    save_results(out, data)
+                merge_run(out, entry, peer_meta())
                 if not args.keep_workdir:
                     subprocess.run(["rm", "-rf", workdir])
-                if proc.returncode == EXIT_SPLIT_MISMATCH:
+                if returncode == EXIT_SPLIT_MISMATCH:
                     print(f"[run_peers] ABORT: RecBole's split of {ds} differs from {ds}.split.tsv "
                           f"(see above). Results so far in {out}.", file=sys.stderr)
                     return EXIT_SPLIT_MISMATCH

@@ -53,9 +53,20 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_peers import (  # noqa: E402  (the ranking runner's stdlib-only helpers, shared)
+    _rss_mb,
+    load_results,
+    merge_run,
+    parse_caps,
+    parse_overrides,
+    run_key,
+    run_spec_in_child,
+    save_results,
+)
 
 DEFAULT_DATASETS = ["ml100k", "amazon-mi"]
 DEFAULT_MODELS = ["LR", "FM", "AFM", "NFM", "WideDeep", "DeepFM", "PNN", "AutoInt", "NeuMF"]
@@ -161,14 +172,6 @@ def compute_baselines(data_dir: Path, ds: str) -> list[dict]:
     return out
 
 
-def parse_caps(specs: list[str]) -> dict[str, int]:
-    caps = {}
-    for spec in specs:
-        key, _, val = spec.partition("=")
-        if not val:
-            raise SystemExit(f"--epoch-cap expects KEY=N, got {spec!r}")
-        caps[key.strip()] = int(val)
-    return caps
 
 
 def epoch_cap(caps: dict[str, int], model: str, ds: str) -> int:
@@ -179,38 +182,12 @@ def epoch_cap(caps: dict[str, int], model: str, ds: str) -> int:
     raise SystemExit(f"no epoch cap for {model} on {ds}")
 
 
-def parse_overrides(specs: list[str]) -> dict[str, dict]:
-    """``MODEL:key=value`` (value parsed as JSON when it parses, else kept as a string)."""
-    out: dict[str, dict] = {}
-    for spec in specs:
-        model, _, kv = spec.partition(":")
-        key, _, val = kv.partition("=")
-        if not (model and key and val):
-            raise SystemExit(f"--set expects MODEL:key=value, got {spec!r}")
-        try:
-            parsed = json.loads(val)
-        except json.JSONDecodeError:
-            parsed = val
-        out.setdefault(model, {})[key] = parsed
-    return out
 
 
-def run_key(r: dict) -> tuple:
-    return (r["dataset"], r["model"], r["seed"], json.dumps(r.get("overrides", {}), sort_keys=True),
-            r["epoch_cap"])
 
 
-def load_results(path: Path) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"runs": []}
 
 
-def save_results(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,15 +195,6 @@ def save_results(path: Path, data: dict) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _rss_mb(field: str) -> float | None:
-    """VmRSS / VmHWM of this process from /proc (Linux), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 def to_label(rating: float) -> float:
@@ -635,29 +603,17 @@ def main(argv: list[str] | None = None) -> int:
                                       for r in data["runs"]):
             print(f"[run_rating_peers] skip {tag}: already in {out}")
             continue
-        workdir = tempfile.mkdtemp(prefix=f"rating-peer-{ds}-{model}-")
-        spec.update(workdir=workdir, result_path=workdir + "/result.json")
-        Path(workdir, "spec.json").write_text(json.dumps(spec))
         print(f"[run_rating_peers] {tag} (epoch cap {spec['epoch_cap']}) ...", flush=True)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", workdir + "/spec.json"],
-                              env=env)
-        try:
-            res = json.loads(Path(spec["result_path"]).read_text())
-        except (OSError, json.JSONDecodeError):
-            res = {"status": f"crashed (exit {proc.returncode})"}
+        res, returncode = run_spec_in_child(__file__, spec, env, prefix=f"rating-peer-{ds}-{model}-")
         entry = {"task": "rating", **{k: spec[k] for k in ("dataset", "model", "seed", "epoch_cap", "patience",
                                                           "train_batch_size", "overrides")}}
         entry.update(res, wall_seconds=time.time() - t0, data_dir=str(data_dir),
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        data = load_results(out)
-        data["runs"] = [r for r in data["runs"] if run_key(r) != run_key(entry)] + [entry]
-        data["meta"] = peer_meta()
-        mark_selected(data)
-        save_results(out, data)
+        merge_run(out, entry, peer_meta(), finalize=mark_selected)
         if not args.keep_workdir:
-            subprocess.run(["rm", "-rf", workdir])
-        if proc.returncode == EXIT_SPLIT_MISMATCH:
+            subprocess.run(["rm", "-rf", spec["workdir"]])
+        if returncode == EXIT_SPLIT_MISMATCH:
             print(f"[run_rating_peers] ABORT: RecBole's split of {ds} differs from {ds}.split.tsv (see above). "
                   f"Results so far in {out}.", file=sys.stderr)
             return EXIT_SPLIT_MISMATCH
