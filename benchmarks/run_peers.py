@@ -164,10 +164,11 @@ def _rss_mb(field: str) -> float | None:
     return None
 
 
-def build_config_dict(spec: dict) -> dict:
-    seq = family(spec["model"]) == "sequential"
-    cfg = {
-        "data_path": spec["data_dir"],
+def common_config(spec: dict, data_path: str) -> dict:
+    """RecBole config shared by the ranking and rating runners: CPU, seed, the atomic files' fields, the
+    time-ordered leave-one-out split (eval_args' mode is set by each runner), early stopping, the epoch cap."""
+    return {
+        "data_path": data_path,
         "checkpoint_dir": spec["workdir"] + "/saved",
         "use_gpu": False,
         "device": "cpu",
@@ -177,6 +178,16 @@ def build_config_dict(spec: dict) -> dict:
         "USER_ID_FIELD": "user_id",
         "ITEM_ID_FIELD": "item_id",
         "TIME_FIELD": "timestamp",
+        "stopping_step": spec["patience"],
+        "eval_step": 1,
+        "epochs": spec["epoch_cap"],
+    }
+
+
+def build_config_dict(spec: dict) -> dict:
+    seq = family(spec["model"]) == "sequential"
+    cfg = {
+        **common_config(spec, spec["data_dir"]),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "MAX_ITEM_LIST_LENGTH": 50,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user",
@@ -184,9 +195,6 @@ def build_config_dict(spec: dict) -> dict:
         "metrics": ["Hit", "NDCG", "MRR"],
         "topk": TOPK,
         "valid_metric": "NDCG@10",
-        "stopping_step": spec["patience"],
-        "eval_step": 1,
-        "epochs": spec["epoch_cap"],
     }
     if spec["model"] == "SASRecF":
         cfg["load_col"]["item"] = ["item_id", "release_year", "class"]
@@ -340,7 +348,25 @@ def fix_pop_counting(model, config) -> None:
     model.calculate_loss = types.MethodType(count_positives, model)
 
 
-def child_main(spec_path: str) -> int:
+def store_run(out: Path, entry: dict, returncode: int, workdir: str, meta: dict, *, keep_workdir: bool, tag: str,
+              finalize=None) -> int:
+    """Merge a finished child run into `out` and clean its work dir; 0 when it is ok, 1 when it failed,
+    EXIT_SPLIT_MISMATCH when RecBole's split differed (the caller then aborts). `tag` prefixes messages."""
+    merge_run(out, entry, meta, finalize=finalize)
+    if not keep_workdir:
+        subprocess.run(["rm", "-rf", workdir])
+    if returncode == EXIT_SPLIT_MISMATCH:
+        print(f"[{tag}: ABORT, RecBole's split of {entry['dataset']} differs from {entry['dataset']}.split.tsv "
+              f"(see above). Results so far in {out}.", file=sys.stderr)
+        return EXIT_SPLIT_MISMATCH
+    if entry.get("status") != "ok":
+        print(f"[{tag} FAILED: {entry.get('status')} {entry.get('error', '')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def child_prologue(spec_path: str) -> dict:
+    """A child run's spec, with the process set up for RecBole (shared by the rating runner)."""
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     sys.argv = sys.argv[:1]     # RecBole's Config parses sys.argv; keep our flags away from it
@@ -349,6 +375,34 @@ def child_main(spec_path: str) -> int:
     # pandas 2.3 fillna(inplace=True) and torch.load/GradScaler deprecations: harmless (protocol §1)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.chdir(spec["workdir"])   # RecBole writes ./log, ./log_tensorboard and checkpoints here
+    return spec
+
+
+def fit_timed(trainer, train_data, valid_data) -> tuple[dict | None, list[float], list[float], float]:
+    """`trainer.fit` (best checkpoint saved), timing each training epoch apart from validation.
+
+    Returns RecBole's best valid result, the valid-metric curve (one value per epoch), the training-epoch seconds
+    and the wall seconds of the whole fit.
+    """
+    epoch_times: list[float] = []
+    orig_train_epoch = trainer._train_epoch
+
+    def timed_train_epoch(*a, **kw):
+        t0 = time.perf_counter()
+        out = orig_train_epoch(*a, **kw)
+        epoch_times.append(time.perf_counter() - t0)
+        return out
+
+    trainer._train_epoch = timed_train_epoch
+    valid_curve: list[float] = []
+    t0 = time.perf_counter()
+    _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
+                                       callback_fn=lambda epoch, score: valid_curve.append(float(score)))
+    return best_valid_result, valid_curve, epoch_times, time.perf_counter() - t0
+
+
+def child_main(spec_path: str) -> int:
+    spec = child_prologue(spec_path)
     rss_start = _rss_mb("VmRSS")
 
     import numpy as np
@@ -382,23 +436,7 @@ def child_main(spec_path: str) -> int:
         if spec["model"] == "Pop" and spec.get("overrides", {}).get("pop_count_fix"):
             fix_pop_counting(model, config)
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-
-        epoch_times: list[float] = []
-        orig_train_epoch = trainer._train_epoch
-
-        def timed_train_epoch(*a, **kw):
-            t0 = time.perf_counter()
-            out = orig_train_epoch(*a, **kw)
-            epoch_times.append(time.perf_counter() - t0)
-            return out
-
-        trainer._train_epoch = timed_train_epoch
-        valid_curve: list[float] = []
-        t0 = time.perf_counter()
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=True, show_progress=False,
-            callback_fn=lambda epoch, score: valid_curve.append(float(score)))
-        fit_seconds = time.perf_counter() - t0
+        best_valid_result, valid_curve, epoch_times, fit_seconds = fit_timed(trainer, train_data, valid_data)
 
         test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
         # Throughput: the best weights are loaded now; time full-ranking test evaluation alone.
@@ -438,28 +476,39 @@ def child_main(spec_path: str) -> int:
                                                 "dropout_prob", "loss_type", "train_neg_sample_args")
                          if config[k] is not None},
         })
-    except SplitMismatch as exc:
-        print(f"[run_peers] SPLIT MISMATCH: {exc}", file=sys.stderr, flush=True)
-        result.update({"status": "split_mismatch", "error": str(exc)})
-        Path(spec["result_path"]).write_text(json.dumps(result))
-        return EXIT_SPLIT_MISMATCH
     except Exception as exc:  # record, let the parent go on with the next run
+        return record_child_failure(spec, result, exc, "run_peers")
+    result["rss_start_mb"] = rss_start
+    result["rss_after_import_mb"] = rss_imported
+    return record_child_success(spec, result, torch.get_num_threads())
+
+
+def record_child_failure(spec: dict, result: dict, exc: Exception, tag: str) -> int:
+    """Write a failed child run's result; the exit code tells the parent whether the split differed."""
+    if isinstance(exc, SplitMismatch):
+        print(f"[{tag}] SPLIT MISMATCH: {exc}", file=sys.stderr, flush=True)
+        result.update({"status": "split_mismatch", "error": str(exc)})
+        code = EXIT_SPLIT_MISMATCH
+    else:
         import traceback
 
         traceback.print_exc()
         result.update({"status": "error", "error": f"{type(exc).__name__}: {exc}"})
-        Path(spec["result_path"]).write_text(json.dumps(result))
-        return 1
+        code = 1
+    Path(spec["result_path"]).write_text(json.dumps(result))
+    return code
+
+
+def record_child_success(spec: dict, result: dict, torch_threads: int) -> int:
+    """Write a finished child run's result with its peak memory."""
     import resource
 
-    result["rss_start_mb"] = rss_start
-    result["rss_after_import_mb"] = rss_imported
     result["peak_rss_mb"] = _rss_mb("VmHWM")
     result["peak_rss_source"] = "VmHWM (/proc/self/status) of the run's own process"
     if result["peak_rss_mb"] is None:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         result["peak_rss_source"] = "resource.getrusage(RUSAGE_SELF).ru_maxrss"
-    result["torch_threads"] = torch.get_num_threads()
+    result["torch_threads"] = torch_threads
     Path(spec["result_path"]).write_text(json.dumps(result))
     return 0
 
@@ -587,17 +636,12 @@ def main(argv: list[str] | None = None) -> int:
                                               "overrides")}
                 entry.update(res, wall_seconds=time.time() - t0, data_dir=data_dir,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                merge_run(out, entry, peer_meta())
-                if not args.keep_workdir:
-                    subprocess.run(["rm", "-rf", workdir])
-                if returncode == EXIT_SPLIT_MISMATCH:
-                    print(f"[run_peers] ABORT: RecBole's split of {ds} differs from {ds}.split.tsv "
-                          f"(see above). Results so far in {out}.", file=sys.stderr)
+                outcome = store_run(out, entry, returncode, workdir, peer_meta(), keep_workdir=args.keep_workdir,
+                                    tag=f"run_peers] {ds}/{model}/seed {seed}")
+                if outcome == EXIT_SPLIT_MISMATCH:
                     return EXIT_SPLIT_MISMATCH
-                if res.get("status") != "ok":
+                if outcome:
                     failures += 1
-                    print(f"[run_peers] {ds}/{model}/seed {seed} FAILED: {res.get('status')}",
-                          file=sys.stderr)
                 else:
                     t = res["test"]
                     print(f"[run_peers] {ds}/{model}/seed {seed}: test NDCG@10 {t['ndcg@10']:.4f} "
@@ -608,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def peer_meta() -> dict:
+def environment_versions() -> dict:
     """Versions of the peer environment (read from package metadata, no heavy imports)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -618,7 +662,11 @@ def peer_meta() -> dict:
             vers[pkg] = version(pkg)
         except PackageNotFoundError:
             vers[pkg] = None
-    return {"versions": vers, "python": sys.version.split()[0],
+    return {"versions": vers, "python": sys.version.split()[0]}
+
+
+def peer_meta() -> dict:
+    return {**environment_versions(),
             "protocol": "peer_protocol.md: leave-one-out, full ranking, valid NDCG@10 early stopping",
             "metrics_note": "hit = HR; averaged over all test users; sequential models mask nothing, "
                             "general models mask the user's train (+valid at test) items",

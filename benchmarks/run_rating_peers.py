@@ -48,24 +48,30 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_peers import (  # noqa: E402  (the ranking runner's stdlib-only helpers, shared)
+    EXIT_SPLIT_MISMATCH,
+    SplitMismatch,
     _rss_mb,
+    child_prologue,
+    common_config,
+    environment_versions,
+    fit_timed,
     load_results,
-    merge_run,
     parse_caps,
     parse_overrides,
+    record_child_failure,
+    record_child_success,
     run_key,
     run_spec_in_child,
     save_results,
+    store_run,
 )
 
 DEFAULT_DATASETS = ["ml100k", "amazon-mi"]
@@ -76,13 +82,8 @@ DEFAULT_CAPS = ["all=100", "amazon-mi=300"]
 RATING_MIN, RATING_MAX = 1.0, 5.0
 SCALE = RATING_MAX - RATING_MIN
 KOREN_LAMBDA_ITEM, KOREN_LAMBDA_USER = 25.0, 10.0
-EXIT_SPLIT_MISMATCH = 3
 # Own vs RecBole metric agreement, absolute on the label scale (x 4 on the rating scale); RecBole sums in float32.
 CROSS_CHECK_TOL = 1e-4
-
-
-class SplitMismatch(RuntimeError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,16 +221,7 @@ def write_label_atomic(src_dir: Path, ds: str, dst_dir: Path) -> None:
 
 def build_config_dict(spec: dict) -> dict:
     cfg = {
-        "data_path": spec["workdir"] + "/atomic",
-        "checkpoint_dir": spec["workdir"] + "/saved",
-        "use_gpu": False,
-        "device": "cpu",
-        "seed": spec["seed"],
-        "reproducibility": True,
-        "show_progress": False,
-        "USER_ID_FIELD": "user_id",
-        "ITEM_ID_FIELD": "item_id",
-        "TIME_FIELD": "timestamp",
+        **common_config(spec, spec["workdir"] + "/atomic"),
         "LABEL_FIELD": "label",
         "threshold": None,
         "load_col": {"inter": ["user_id", "item_id", "timestamp", "label"]},
@@ -241,9 +233,6 @@ def build_config_dict(spec: dict) -> dict:
         "metrics": ["RMSE", "MAE"],
         "valid_metric": "RMSE",
         "metric_decimal_place": 10,      # RecBole rounds metrics (default 4 places) BEFORE early stopping
-        "stopping_step": spec["patience"],
-        "eval_step": 1,
-        "epochs": spec["epoch_cap"],
         "train_batch_size": spec["train_batch_size"],
         "eval_batch_size": 4096,
     }
@@ -341,14 +330,7 @@ def predict_ratings(model, dataset, expected: dict, col: int, batch_size: int = 
 
 
 def child_main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    sys.argv = sys.argv[:1]     # RecBole's Config parses sys.argv; keep our flags away from it
-    import warnings
-
-    # pandas 2.3 fillna(inplace=True) and torch.load/GradScaler deprecations: harmless (protocol §1)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.chdir(spec["workdir"])   # RecBole writes ./log, ./log_tensorboard and checkpoints here
+    spec = child_prologue(spec_path)
 
     import torch
     from recbole.config import Config
@@ -372,22 +354,8 @@ def child_main(spec_path: str) -> int:
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-
-        epoch_times: list[float] = []
-        orig_train_epoch = trainer._train_epoch
-
-        def timed_train_epoch(*a, **kw):
-            t0 = time.perf_counter()
-            out = orig_train_epoch(*a, **kw)
-            epoch_times.append(time.perf_counter() - t0)
-            return out
-
-        trainer._train_epoch = timed_train_epoch
-        valid_curve: list[float] = []   # RecBole's valid RMSE on the label scale, one per epoch
-        t0 = time.perf_counter()
-        _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
-                                           callback_fn=lambda epoch, score: valid_curve.append(float(score)))
-        fit_seconds = time.perf_counter() - t0
+        # valid_curve: RecBole's valid RMSE on the label scale, one per epoch
+        best_valid_result, valid_curve, epoch_times, fit_seconds = fit_timed(trainer, train_data, valid_data)
         test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)  # loads the best
 
         expected = read_split(Path(spec["data_dir"]), spec["dataset"])
@@ -426,28 +394,9 @@ def child_main(spec_path: str) -> int:
             "resolved": {k: config[k] for k in resolved_keys if config[k] is not None},
             "rss_after_import_mb": rss_imported,
         })
-    except SplitMismatch as exc:
-        print(f"[run_rating_peers] SPLIT MISMATCH: {exc}", file=sys.stderr, flush=True)
-        result.update({"status": "split_mismatch", "error": str(exc)})
-        Path(spec["result_path"]).write_text(json.dumps(result))
-        return EXIT_SPLIT_MISMATCH
     except Exception as exc:  # record, let the parent go on with the next run
-        import traceback
-
-        traceback.print_exc()
-        result.update({"status": "error", "error": f"{type(exc).__name__}: {exc}"})
-        Path(spec["result_path"]).write_text(json.dumps(result))
-        return 1
-    import resource
-
-    result["peak_rss_mb"] = _rss_mb("VmHWM")
-    result["peak_rss_source"] = "VmHWM (/proc/self/status) of the run's own process"
-    if result["peak_rss_mb"] is None:
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        result["peak_rss_source"] = "resource.getrusage(RUSAGE_SELF).ru_maxrss"
-    result["torch_threads"] = torch.get_num_threads()
-    Path(spec["result_path"]).write_text(json.dumps(result))
-    return 0
+        return record_child_failure(spec, result, exc, "run_rating_peers")
+    return record_child_success(spec, result, torch.get_num_threads())
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,16 +459,7 @@ def print_tables(data: dict, datasets: list[str] | None = None) -> None:
 
 
 def peer_meta() -> dict:
-    """Versions of the peer environment (read from package metadata, no heavy imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    vers = {}
-    for pkg in ("recbole", "torch", "numpy", "pandas", "scipy"):
-        try:
-            vers[pkg] = version(pkg)
-        except PackageNotFoundError:
-            vers[pkg] = None
-    return {"task": "rating", "versions": vers, "python": sys.version.split()[0],
+    return {"task": "rating", **environment_versions(),
             "protocol": "peer_protocol.md §2 leave-one-out (test = last, valid = second-to-last per user); "
                         "RecBole eval mode labeled; valid RMSE early stopping",
             "target": "soft label (rating - 1) / 4 under the models' BCE loss; prediction 1 + 4 * sigmoid",
@@ -610,17 +550,12 @@ def main(argv: list[str] | None = None) -> int:
                                                           "train_batch_size", "overrides")}}
         entry.update(res, wall_seconds=time.time() - t0, data_dir=str(data_dir),
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        merge_run(out, entry, peer_meta(), finalize=mark_selected)
-        if not args.keep_workdir:
-            subprocess.run(["rm", "-rf", spec["workdir"]])
-        if returncode == EXIT_SPLIT_MISMATCH:
-            print(f"[run_rating_peers] ABORT: RecBole's split of {ds} differs from {ds}.split.tsv (see above). "
-                  f"Results so far in {out}.", file=sys.stderr)
+        outcome = store_run(out, entry, returncode, spec["workdir"], peer_meta(), keep_workdir=args.keep_workdir,
+                            tag=f"run_rating_peers] {tag}", finalize=mark_selected)
+        if outcome == EXIT_SPLIT_MISMATCH:
             return EXIT_SPLIT_MISMATCH
-        if res.get("status") != "ok":
+        if outcome:
             failures += 1
-            print(f"[run_rating_peers] {tag} FAILED: {res.get('status')} {res.get('error', '')}",
-                  file=sys.stderr)
         else:
             t = res["test"]
             print(f"[run_rating_peers] {tag}: test MAE {t['mae']:.4f} RMSE {t['rmse']:.4f}, "
