@@ -72,10 +72,10 @@ bench-rating-peers: $(STAMP) $(RECBOLE_STAMP) $(RATING_DATA)/.exported
 	  --data-dir $(RATING_DATA) --datasets ml100k amazon-mi --out $(RATING_PEER_OUT) --skip-existing
 
 # One command: peers (skipped where results exist), then UniMP-tiny and its ablations, tables side by side.
-bench: bench-peers
+bench: bench-peers bench-rating-peers
 	$(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi \
-	  --variants unimp paper_order no_images no_text gamma0 no_context single_task multi_task \
-	  --max-train-seconds $(BENCH_SECONDS) --peers $(PEER_OUT) --reuse
+	  --variants unimp paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint \
+	  --max-train-seconds $(BENCH_SECONDS) --peers $(PEER_OUT) --rating-peers $(RATING_PEER_OUT) --reuse
 
 lint: $(STAMP)
 	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks

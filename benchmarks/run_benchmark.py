@@ -39,6 +39,11 @@ VARIANTS = {
     "long_history": ["max_history_items=50", "content_history_items=10"],
     "user_disjoint": ["protocol=user_disjoint"],  # the paper's protocol (reference §5.1): unseen test users
 }
+# Variants that only mean something on some datasets: the configs of ml100k and hm train rec alone (so
+# single_task is their default), amazon-mi trains rec + exp (its multi_task), H&M has no ratings for the exp task,
+# and only ml100k's config shows 50 history items.
+APPLIES_TO = {"single_task": {"amazon-mi"}, "multi_task": {"ml100k"}, "short_history": {"ml100k"},
+              "long_history": {"hm", "amazon-mi"}}
 PEER_ORDER = ["Pop", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec"]
 KS = (5, 10, 20)
 
@@ -169,6 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     for dataset in args.datasets:
         results[dataset] = {}
         for variant in args.variants:
+            if dataset not in APPLIES_TO.get(variant, {dataset}):
+                print(f"[bench] {dataset}/{variant}: skipped (the variant applies to {sorted(APPLIES_TO[variant])})")
+                continue
             existing = args.out / f"{dataset}-{variant}" / "metrics.json"
             if args.reuse and existing.exists():
                 results[dataset][variant] = json.loads(existing.read_text())
