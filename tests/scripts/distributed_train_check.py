@@ -45,6 +45,9 @@ def main(out_path: str, per_device_batch: int) -> None:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         state = {name: p.detach().clone() for name, p in unwrapped.named_parameters()}
         torch.save({"params": state, "world_size": args.world_size, "loss": trainer.state.log_history[-1]}, out_path)
+    if torch.distributed.is_initialized():  # a clean gloo teardown: without it a rank could abort at exit
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
