@@ -365,6 +365,34 @@ def store_run(out: Path, entry: dict, returncode: int, workdir: str, meta: dict,
     return 0
 
 
+def child_or_tables(args, child_main, print_tables) -> int | None:
+    """`--_child` and `--table-only`, shared by the runners: their exit code, or None when neither was asked."""
+    if args._child:
+        return child_main(args._child)
+    if args.table_only is not None:
+        for f in args.table_only or [args.out]:
+            print_tables(load_results(Path(f)))
+        return 0
+    return None
+
+
+def prepare_recbole(spec: dict, build_config) -> tuple:
+    """RecBole's config, dataset and (train, valid, test) loaders for a child run, seeded and logged as RecBole does;
+    also the RSS after the imports (MiB)."""
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_logger, init_seed
+
+    config = Config(model=spec["model"], dataset=spec["dataset"], config_dict=build_config(spec))
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    torch.set_num_threads(spec["threads"])
+    rss_imported = _rss_mb("VmRSS")
+    dataset = create_dataset(config)
+    return config, dataset, data_preparation(config, dataset), rss_imported
+
+
 def child_prologue(spec_path: str) -> dict:
     """A child run's spec, with the process set up for RecBole (shared by the rating runner)."""
     spec = json.loads(Path(spec_path).read_text())
@@ -407,22 +435,14 @@ def child_main(spec_path: str) -> int:
 
     import numpy as np
     import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_logger, init_seed
+    from recbole.utils import get_model, get_trainer, init_seed
 
     torch.set_num_threads(spec["threads"])
     result: dict = {"status": "running"}
     rss_imported = None
     try:
         check_timestamps(Path(spec["data_dir"]) / spec["dataset"] / f"{spec['dataset']}.inter")
-        config = Config(model=spec["model"], dataset=spec["dataset"], config_dict=build_config_dict(spec))
-        init_seed(config["seed"], config["reproducibility"])
-        init_logger(config)
-        torch.set_num_threads(spec["threads"])
-        rss_imported = _rss_mb("VmRSS")
-        dataset = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, dataset)
+        config, dataset, (train_data, valid_data, test_data), rss_imported = prepare_recbole(spec, build_config_dict)
         spec["max_len"] = config["MAX_ITEM_LIST_LENGTH"]
         result["split_check"] = verify_split(spec, train_data, valid_data, test_data)
         print(f"[run_peers] split check OK: {result['split_check']}", flush=True)
@@ -587,12 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    if args._child:
-        return child_main(args._child)
-    if args.table_only is not None:
-        for f in args.table_only or [args.out]:
-            print_tables(load_results(Path(f)))
-        return 0
+    handled = child_or_tables(args, child_main, print_tables)
+    if handled is not None:
+        return handled
     if not (args.data_dir and (args.out or args.verify_only)):
         p.error("--data-dir and --out are required")
 

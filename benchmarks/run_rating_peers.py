@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_peers import (  # noqa: E402  (the ranking runner's stdlib-only helpers, shared)
     EXIT_SPLIT_MISMATCH,
     SplitMismatch,
-    _rss_mb,
+    child_or_tables,
     child_prologue,
     common_config,
     environment_versions,
@@ -66,6 +66,7 @@ from run_peers import (  # noqa: E402  (the ranking runner's stdlib-only helpers
     load_results,
     parse_caps,
     parse_overrides,
+    prepare_recbole,
     record_child_failure,
     record_child_success,
     run_key,
@@ -333,21 +334,13 @@ def child_main(spec_path: str) -> int:
     spec = child_prologue(spec_path)
 
     import torch
-    from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, get_trainer, init_logger, init_seed
+    from recbole.utils import get_model, get_trainer, init_seed
 
     torch.set_num_threads(spec["threads"])
     result: dict = {"status": "running"}
     try:
         write_label_atomic(Path(spec["data_dir"]), spec["dataset"], Path(spec["workdir"]) / "atomic")
-        config = Config(model=spec["model"], dataset=spec["dataset"], config_dict=build_config_dict(spec))
-        init_seed(config["seed"], config["reproducibility"])
-        init_logger(config)
-        torch.set_num_threads(spec["threads"])
-        rss_imported = _rss_mb("VmRSS")
-        dataset = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, dataset)
+        config, dataset, (train_data, valid_data, test_data), rss_imported = prepare_recbole(spec, build_config_dict)
         result["split_check"] = verify_split(spec, train_data, valid_data, test_data)
         print(f"[run_rating_peers] split check OK: {result['split_check']}", flush=True)
 
@@ -501,12 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    if args._child:
-        return child_main(args._child)
-    if args.table_only is not None:
-        for f in args.table_only or [args.out]:
-            print_tables(load_results(Path(f)))
-        return 0
+    handled = child_or_tables(args, child_main, print_tables)
+    if handled is not None:
+        return handled
     if not (args.data_dir and args.out):
         p.error("--data-dir and --out are required")
 
