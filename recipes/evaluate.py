@@ -181,7 +181,8 @@ def predict_ratings_and_explanations(
             probabilities.append(logits[:, rating_ids].float().softmax(-1))
             continue
         prompt_length = batch["input_ids"].shape[1]
-        first = torch.zeros(len(batch["input_ids"]), logits_vocab_size(model), dtype=torch.bool)
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        first = torch.zeros(len(batch["input_ids"]), vocab_size, dtype=torch.bool)
         first[:, rating_ids] = True
         generated = model.generate(
             **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
@@ -193,10 +194,6 @@ def predict_ratings_and_explanations(
             explanations.append(tokenizer.decode(token_ids, skip_special_tokens=True).strip())
     return {"probabilities": torch.cat(probabilities) if probabilities else torch.empty(0, 5),
             "explanations": explanations}
-
-
-def logits_vocab_size(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
 
 
 def evaluate_explanation(
