@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 from .image_tokenizer_unimp import UniMPImageTokenizer
-from .pipeline_unimp import _as_records  # one input convention for both UniMP pipelines
+from .pipeline_unimp import _as_records, _history_window  # one input convention for both UniMP pipelines
 
 DEFAULT_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history length (§2.2: 2 for img_gen)
 DEFAULT_BATCH_SIZE = 16
@@ -161,9 +161,7 @@ class UniMPImageGenerationPipeline(Pipeline):
         if query is not None:
             preprocess["query"] = query
         if max_history_items is not None:
-            if max_history_items < 1:
-                raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
-            preprocess["max_history_items"] = max_history_items
+            preprocess["max_history_items"] = _history_window(max_history_items)
         if output_size is not None:
             size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
             if len(size) != 2 or min(size) < 1:

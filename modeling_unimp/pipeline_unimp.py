@@ -27,6 +27,13 @@ DEFAULT_NUM_BEAMS = {"rec": 10, "search": 10, "exp": 5, "select": 2}
 DEFAULT_EXP_MAX_NEW_TOKENS = 64  # a rating token + an explanation cut to 30 words (prompt_templates budget)
 
 
+def _history_window(max_history_items: int) -> int:
+    """A validated `max_history_items` (both UniMP pipelines)."""
+    if max_history_items < 1:
+        raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
+    return max_history_items
+
+
 class _UniMPAllowedTokens(LogitsProcessor):
     """Keep only allowed tokens: `first` (B, V) for the first generated token, `later` (B, V) or None afterwards;
     with `no_repeat`, a token of `first` is allowed once per answer (selection slots).
@@ -150,9 +157,7 @@ class UniMPRecommendPipeline(Pipeline):
             if value is not None:
                 preprocess[name] = value
         if max_history_items is not None:
-            if max_history_items < 1:
-                raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
-            preprocess["max_history_items"] = max_history_items
+            preprocess["max_history_items"] = _history_window(max_history_items)
         if items is not None:
             preprocess["items"] = items if isinstance(items, Mapping) else {str(i["item_id"]): i for i in items}
         if image_root is not None:
