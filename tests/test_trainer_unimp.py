@@ -64,26 +64,36 @@ def test_num_items_in_batch_normalises_across_gradient_accumulation():
 
 
 def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tiny_processor, tiny_config, tmp_path):
+    # Plain SGD at lr 1 without clipping makes the update equal to the gradient, so the comparison checks what the
+    # test means (accumulated gradients == one big batch's) with float32 summation tolerances. Adam would turn
+    # rounding-level gradient differences into full-size updates, which differ between CPU kernels (AVX2/AVX-512).
     initial = UniMPForConditionalGeneration(tiny_config)
     tiny_processor.prepare_model(initial)
+    start = {name: p.detach().clone() for name, p in initial.named_parameters()}
 
     def train(batch_size, accumulation):
         model = copy.deepcopy(initial)
         args = UniMPTrainingArguments(
             output_dir=str(tmp_path / f"ga{accumulation}"), per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-2, report_to=[],
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1.0, optim="sgd",
+            lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, report_to=[],
             use_cpu=True, save_strategy="no", logging_steps=1, seed=0, data_seed=0, dataloader_drop_last=True,
         )
         trainer = UniMPTrainer(model=model, args=args, train_dataset=EXAMPLES[:4],
                                data_collator=UniMPDataCollator(tiny_processor))
         trainer.train()
-        return model, trainer.state.log_history[0]["loss"]
+        updates = {name: start[name] - p.detach() for name, p in model.named_parameters()}
+        return updates, trainer.state.log_history[0]["loss"]
 
     one_batch, loss_one = train(4, 1)
     accumulated, loss_accumulated = train(2, 2)
-    assert math.isclose(loss_one, loss_accumulated, rel_tol=1e-4)
-    for (name, a), (_, b) in zip(one_batch.named_parameters(), accumulated.named_parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    # Two sums of the same float32 terms in a different order differ by a few eps times the terms' size.
+    eps = torch.finfo(torch.float32).eps
+    assert math.isclose(loss_one, loss_accumulated, rel_tol=64 * eps)
+    assert any(update.abs().max() > 0 for update in one_batch.values())  # the step did move the weights
+    for name, update in one_batch.items():
+        scale = max(update.abs().max().item(), accumulated[name].abs().max().item(), 1e-12)
+        torch.testing.assert_close(accumulated[name], update, rtol=1e-3, atol=1e-3 * scale, msg=name)
 
 
 @pytest.mark.parametrize("stage", ["paper", "full"])
