@@ -40,6 +40,21 @@ def data_dir() -> Path:
 IMAGE_TOKEN_ID = 3  # the tiny vocabulary's `<image>` id in model-only tests (the processor assigns real ids)
 
 
+def assert_updates_match(actual: dict, expected: dict) -> None:
+    """Parameter updates (name -> tensor) of two runs that sum the same float32 gradient terms in another order.
+
+    The rounding of a float32 sum is a few eps times the size of its terms, not of its result: a gradient that
+    cancels to about 0 (a key bias under softmax) keeps only that rounding noise. So the absolute tolerance is
+    eps x 1e3 (terms summed, generously) x the largest update in the model; rtol covers the rest. It holds on any
+    CPU's kernels (AVX2 or AVX-512 reorder sums), unlike bit-exact or Adam-amplified comparisons.
+    """
+    scale = max(max(t.abs().max().item() for t in expected.values()), 1e-30)
+    assert scale > 1e-12, "the step did not move the weights: nothing to compare"
+    atol = torch.finfo(torch.float32).eps * 1e3 * scale
+    for name, update in expected.items():
+        torch.testing.assert_close(actual[name], update, rtol=1e-3, atol=atol, msg=name)
+
+
 def make_tiny_config(**overrides):
     """STYLE.md §7 tiny model: CLIP 32-px/patch 8, hidden 32; Llama hidden 32, 2 layers; xattn every layer."""
     from modeling_unimp import UniMPConfig

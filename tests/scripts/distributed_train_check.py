@@ -1,7 +1,9 @@
 """Train the tiny UniMP for a few steps with a fixed global batch; run alone or under torchrun (gloo, CPU).
 
 Usage: python tests/scripts/distributed_train_check.py OUT.pt PER_DEVICE_BATCH   (or via torch.distributed.run)
-Writes the final parameters (rank 0) so the test can compare 1 process against 2.
+Writes the summed SGD updates (rank 0) so the test can compare 1 process against 2: with plain SGD and
+no clipping an update is lr times the gradient, so rounding-level differences of the all-reduce stay rounding-level
+(Adam would scale them up to full-size steps, which then depend on the CPU's kernels).
 """
 
 import os
@@ -33,9 +35,11 @@ def main(out_path: str, per_device_batch: int) -> None:
     torch.manual_seed(0)
     model = UniMPForConditionalGeneration(make_tiny_config(gate_init=0.5))
     processor.prepare_model(model)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
     args = UniMPTrainingArguments(
         output_dir=str(Path(out_path).parent / "run"), per_device_train_batch_size=per_device_batch, max_steps=2,
-        learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
+        learning_rate=0.1, optim="sgd", max_grad_norm=0.0, weight_decay=0.0,
+        report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, dataloader_drop_last=True,
         lr_scheduler_type="constant", disable_tqdm=True,
     )
@@ -43,7 +47,7 @@ def main(out_path: str, per_device_batch: int) -> None:
     trainer.train()
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        state = {name: p.detach().clone() for name, p in unwrapped.named_parameters()}
+        state = {name: start[name] - p.detach() for name, p in unwrapped.named_parameters()}
         torch.save({"params": state, "world_size": args.world_size, "loss": trainer.state.log_history[-1]}, out_path)
     if torch.distributed.is_initialized():  # a clean gloo teardown: without it a rank could abort at exit
         torch.distributed.barrier()
