@@ -15,7 +15,10 @@ Protocol: /work/shared/reference/peer_protocol.md (§3 evaluation, §4 configs).
    (general models) the masked history at validation and test — and aborts on any mismatch,
 3. trains to early stopping, evaluates the best-on-validation checkpoint on test, and times
    full-ranking evaluation,
-4. appends the result to the output JSON right away (partial progress survives).
+4. ranks the test (and validation) target of every user exactly over the whole catalogue, with the model's native
+   masking and, for sequential models, also with the user's history masked (the SAME trained model, two lines),
+5. appends one line per masking to ``benchmarks/results/<dataset>.jsonl`` (the contract of
+   ``benchmarks/results.py``) right away, so partial progress survives and ``--skip-existing`` resumes.
 
 Every run executes in its own child process, so that peak memory is per run and RecBole's global
 state (seeds, loggers) never leaks from one run to the next.
@@ -23,8 +26,8 @@ state (seeds, loggers) never leaks from one run to the next.
 Example::
 
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 .venv-recbole/bin/python benchmarks/run_peers.py \
-        --data-dir /tmp/atomic --datasets amazon-mi hm --models Pop BPR LightGCN GRU4Rec SASRec BERT4Rec \
-        --out benchmarks/peer_results/peers.json
+        --data-dir outputs/recbole_atomic --datasets ml100k amazon-mi hm --models BPR SASRec \
+        --seeds 2020 2021 2022 --set SASRec@ml100k:hidden_dropout_prob=0.2 --skip-existing
 """
 
 from __future__ import annotations
@@ -42,11 +45,15 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as contract  # noqa: E402  (stdlib-only result-file contract, shared with the UniMP runner)
+
 SEQUENTIAL = {"GRU4Rec", "SASRec", "BERT4Rec", "SASRecF", "NARM", "STAMP", "Caser", "FPMC", "GRU4RecF"}
 DEFAULT_MODELS = ["Pop", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec"]
 DEFAULT_DATASETS = ["amazon-mi", "hm", "ml100k"]
-# peer_protocol §4: 300 for general models, 30 for sequential models, 3 for sequential on ml100k.
-DEFAULT_CAPS = ["general=300", "sequential=30", "sequential@ml100k=3"]
+# peer_protocol §4 had 300 for general models, 30 for sequential ones and 3 for sequential ones on ml100k; issue 11
+# raises the sequential cap to 50 on every dataset (early stopping with patience 10 ends most runs before it).
+DEFAULT_CAPS = ["general=300", "sequential=50"]
 TOPK = [3, 5, 10, 20]
 METRICS = ["hit", "ndcg", "mrr"]
 EXIT_SPLIT_MISMATCH = 3
@@ -97,6 +104,64 @@ def parse_overrides(specs: list[str]) -> dict[str, dict]:
             parsed = val
         out.setdefault(model, {})[key] = parsed
     return out
+
+
+def overrides_for(overrides: dict[str, dict], model: str, ds: str) -> dict:
+    """`--set` entries for `model` on `ds`: ``MODEL:k=v`` applies everywhere, ``MODEL@ds:k=v`` on `ds` (wins)."""
+    return {**overrides.get(model, {}), **overrides.get(f"{model}@{ds}", {})}
+
+
+def variant_name(overrides: dict) -> str:
+    """The contract's `variant`: 'default', or the overridden RecBole settings as sorted ``key=value``."""
+    return ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "default"
+
+
+def target_ranks(scores, targets, exclude=None):
+    """Exact 1-based rank of each target over all items, ties counted against the target (pessimistic).
+
+    r = #{j not excluded : s_j >= s_t}: the convention of UniMP's `rank_of_targets` (processing/metrics_unimp.py),
+    so a constant-score model ranks every target last. RecBole's own metrics break ties arbitrarily
+    (`torch.topk`); with continuous scores the two agree (ties only matter for Pop).
+
+    Args:
+        scores (`np.ndarray` of shape (B, N)): higher is better; -inf for items already removed (padding id 0, and
+            RecBole's history mask for general models).
+        targets (`Sequence[int]` of shape (B,)): column of each row's target.
+        exclude (`np.ndarray` of bool, shape (B, N), *optional*): True where an item is masked (scored -inf before
+            ranking). A mask that covers a row's own target raises `ValueError`.
+    Returns:
+        `np.ndarray` of int64, shape (B,).
+    """
+    import numpy as np
+
+    scores = np.array(scores, dtype=np.float64)            # a copy: the caller's scores stay as they are
+    targets = np.asarray(targets, dtype=np.int64)
+    if scores.ndim != 2 or targets.shape != scores.shape[:1]:
+        raise ValueError(f"scores must be (B, N) and targets (B,), got {scores.shape} and {targets.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; a NaN score has no rank")
+    rows = np.arange(len(targets))
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != scores.shape:
+            raise ValueError(f"exclude must have the shape of scores {scores.shape}, got {exclude.shape}")
+        if exclude[rows, targets].any():
+            raise ValueError("exclude masks the target of at least one row; a target cannot be excluded")
+        scores[exclude] = -np.inf
+    target_scores = scores[rows, targets]
+    if not np.isfinite(target_scores).all():
+        raise ValueError("a target is scored -inf (masked by the model's own history mask?)")
+    return (scores >= target_scores[:, None]).sum(axis=1).astype(np.int64)
+
+
+def history_exclusion(histories: dict, row_keys, num_items: int):
+    """(B, num_items) bool mask, True on the items of ``histories[key]`` for each row's key."""
+    import numpy as np
+
+    mask = np.zeros((len(row_keys), num_items), dtype=bool)
+    for row, key in enumerate(row_keys):
+        mask[row, np.asarray(histories[key], dtype=np.int64)] = True
+    return mask
 
 
 def run_key(r: dict) -> tuple:
@@ -429,6 +494,57 @@ def fit_timed(trainer, train_data, valid_data) -> tuple[dict | None, list[float]
     return best_valid_result, valid_curve, epoch_times, time.perf_counter() - t0
 
 
+def rank_all_users(trainer, spec: dict, dataset, valid_data, test_data) -> dict:
+    """Exact full-catalogue ranks of every user's valid and test target, in the order of ``<ds>.split.tsv``.
+
+    `native` uses RecBole's own full-sort scores (padding id 0 at -inf; general models: RecBole's history mask, the
+    train items at validation and train + valid item at test, peer_protocol §3). Sequential models also get
+    `history`: the same scores with the user's train items (+ the valid item at test) set to -inf, as UniMP's masked
+    column. The best checkpoint must be loaded on `trainer.model`.
+    """
+    import pandas as pd
+    import torch
+
+    ds_name = spec["dataset"]
+    split = pd.read_csv(Path(spec["data_dir"]) / ds_name / f"{ds_name}.split.tsv", sep="\t", dtype=str,
+                        keep_default_na=False)
+    uid_f, iid_f = dataset.uid_field, dataset.iid_field
+    user_ids = [dataset.field2token_id[uid_f][u] for u in split["user_id"]]
+    item_id = dataset.field2token_id[iid_f]
+    sequential = family(spec["model"]) == "sequential"
+    train_ids = {u: [item_id[i] for i in items.split(" ") if i]
+                 for u, items in zip(user_ids, split["train_items"])}
+    histories = {"valid": train_ids,
+                 "test": {u: train_ids[u] + [item_id[v]] for u, v in zip(user_ids, split["valid_item"])}}
+    out: dict = {"users_sha256": contract.users_digest(split["user_id"]), "n_users": len(user_ids)}
+    trainer.model.eval()
+    for phase, loader in (("valid", valid_data), ("test", test_data)):
+        got: dict[str, dict] = {"native": {}, "history": {}}
+        with torch.no_grad():
+            for batch in loader:
+                interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+                rows = positive_u.cpu().numpy()
+                scores = scores.detach().cpu().numpy()[rows]          # (B, item_num), one row per user
+                users = interaction[uid_f].cpu().numpy()[rows]
+                targets = positive_i.cpu().numpy()
+                for u, r in zip(users, target_ranks(scores, targets)):
+                    got["native"][int(u)] = int(r)
+                if sequential:
+                    mask = history_exclusion(histories[phase], users.tolist(), scores.shape[1])
+                    for u, r in zip(users, target_ranks(scores, targets, mask)):
+                        got["history"][int(u)] = int(r)
+        for kind, ranks in got.items():
+            if kind == "history" and not sequential:
+                continue
+            missing = [u for u in user_ids if u not in ranks]
+            if missing or len(ranks) != len(user_ids):
+                raise SplitMismatch(f"{ds_name}: {phase} ranking covers {len(ranks)} users, split.tsv has "
+                                    f"{len(user_ids)} ({len(missing)} missing)")
+            out.setdefault(phase, {})[kind] = [ranks[u] for u in user_ids]
+    out["n_items"] = int(dataset.item_num - 1)   # candidates: every item but the padding id
+    return out
+
+
 def child_main(spec_path: str) -> int:
     spec = child_prologue(spec_path)
     rss_start = _rss_mb("VmRSS")
@@ -470,10 +586,12 @@ def child_main(spec_path: str) -> int:
                                           for k in test_result):
             print(f"[run_peers] WARNING: re-evaluation differs: {dict(again)} vs {dict(test_result)}")
         eval_seconds = statistics.median(reps)
+        ranking = rank_all_users(trainer, spec, dataset, valid_data, test_data)
 
         best_epoch = int(np.argmax(valid_curve)) + 1 if valid_curve else None
         result.update({
             "status": "ok",
+            "ranking": ranking,
             "epochs_run": len(epoch_times),
             "best_epoch": best_epoch,
             "stopped_early": len(epoch_times) < spec["epoch_cap"],
@@ -590,11 +708,14 @@ def main(argv: list[str] | None = None) -> int:
                    f"Defaults (peer_protocol §4): {' '.join(DEFAULT_CAPS)}; given keys add to/override "
                    "them.")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience on valid NDCG@10")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="MODEL:key=value",
-                   help="extra RecBole config for one model, e.g. SASRec:hidden_dropout_prob=0.2")
-    p.add_argument("--out", help="results JSON (rewritten after every run)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="MODEL[@ds]:key=value",
+                   help="extra RecBole config for one model, e.g. SASRec:hidden_dropout_prob=0.2; "
+                   "SASRec@ml100k:... applies on ml100k only. The overrides name the contract's `variant`.")
+    p.add_argument("--results-dir", default=str(contract.RESULTS_DIR),
+                   help="where the contract lines go: <dir>/<dataset>.jsonl (benchmarks/results.py)")
+    p.add_argument("--out", help="also merge each run, without its ranks, into this legacy results JSON")
     p.add_argument("--skip-existing", action="store_true",
-                   help="skip runs already in --out with status ok (resume)")
+                   help="skip runs whose lines are already in --results-dir (resume)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--eval-repeats", type=int, default=3,
                    help="timed test evaluations per run; eval throughput uses the median")
@@ -610,10 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     handled = child_or_tables(args, child_main, print_tables)
     if handled is not None:
         return handled
-    if not (args.data_dir and (args.out or args.verify_only)):
-        p.error("--data-dir and --out are required")
+    if not args.data_dir:
+        p.error("--data-dir is required")
 
     caps = parse_caps(DEFAULT_CAPS + (args.epoch_cap or []))
+    commit, cpu = contract.git_commit(), contract.cpu_info()
     overrides = parse_overrides(args.overrides)
     out = Path(args.out) if args.out else None
     data_dir = str(Path(args.data_dir).resolve())
@@ -629,12 +751,11 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 spec = {"dataset": ds, "model": model, "seed": seed, "data_dir": data_dir,
                         "epoch_cap": epoch_cap(caps, model, ds), "patience": args.patience,
-                        "overrides": overrides.get(model, {}), "threads": args.threads,
+                        "overrides": overrides_for(overrides, model, ds), "threads": args.threads,
                         "eval_repeats": args.eval_repeats, "verify_only": args.verify_only}
-                data = load_results(out) if out else {"runs": []}
-                if args.skip_existing and any(run_key(r) == run_key(spec) and r.get("status") == "ok"
-                                              for r in data["runs"]):
-                    print(f"[run_peers] skip {ds}/{model}/seed {seed}: already in {out}")
+                if args.skip_existing and not args.verify_only and have_lines(spec, args.results_dir):
+                    print(f"[run_peers] skip {ds}/{model}[{variant_name(spec['overrides'])}]/seed {seed}: "
+                          f"already in {contract.results_path(ds, args.results_dir)}", flush=True)
                     continue
                 print(f"[run_peers] {ds}/{model}/seed {seed} (epoch cap {spec['epoch_cap']}) ...",
                       flush=True)
@@ -653,8 +774,21 @@ def main(argv: list[str] | None = None) -> int:
                                               "overrides")}
                 entry.update(res, wall_seconds=time.time() - t0, data_dir=data_dir,
                              finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                outcome = store_run(out, entry, returncode, workdir, peer_meta(), keep_workdir=args.keep_workdir,
-                                    tag=f"run_peers] {ds}/{model}/seed {seed}")
+                if res.get("status") == "ok":
+                    try:
+                        paths = contract.append_results(contract_lines(spec, res, commit, cpu), args.results_dir)
+                        print(f"[run_peers] {ds}/{model}/seed {seed}: lines appended to "
+                              f"{', '.join(map(str, paths))}", flush=True)
+                    except (contract.ResultLineError, KeyError, TypeError) as exc:
+                        res["status"] = entry["status"] = "error"
+                        entry["error"] = f"contract line refused: {exc}"
+                entry.pop("ranking", None)   # the legacy JSON stays small; ranks live in the contract lines
+                if out:
+                    outcome = store_run(out, entry, returncode, workdir, peer_meta(),
+                                        keep_workdir=args.keep_workdir, tag=f"run_peers] {ds}/{model}/seed {seed}")
+                else:
+                    outcome = finish_run(entry, returncode, workdir, keep_workdir=args.keep_workdir,
+                                         tag=f"run_peers] {ds}/{model}/seed {seed}")
                 if outcome == EXIT_SPLIT_MISMATCH:
                     return EXIT_SPLIT_MISMATCH
                 if outcome:
@@ -667,6 +801,76 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         print_tables(load_results(out), args.datasets)
     return 1 if failures else 0
+
+
+def have_lines(spec: dict, results_dir) -> bool:
+    """Whether every line this (dataset, model, variant, seed) run writes is already in the results file."""
+    path = contract.results_path(spec["dataset"], results_dir)
+    if not path.exists():
+        return False
+    keys = {contract.row_key(line) for line in contract.read_results(path, validate=False)}
+    variant = variant_name(spec["overrides"])
+    return all((spec["dataset"], "rec", spec["model"], variant, spec["seed"], masking) in keys
+               for masking in maskings_of(spec["model"]))
+
+
+def maskings_of(model: str) -> list[str]:
+    """The contract lines one run writes: general models only RecBole's own history mask; sequential ones both."""
+    return ["none", "history"] if family(model) == "sequential" else ["history"]
+
+
+MASKING_NOTES = {
+    ("general", "history"): "RecBole's full ranking for general models: the user's train items (+ the valid item at "
+                            "test) scored -inf (peer_protocol §3)",
+    ("sequential", "none"): "RecBole's full ranking for sequential models: nothing masked but the padding id",
+    ("sequential", "history"): "run_peers.py: the same model's scores with the user's train items (+ the valid item "
+                               "at test) set to -inf before ranking, as UniMP's masked column",
+}
+
+
+def contract_lines(spec: dict, res: dict, commit: str, cpu: dict) -> list[dict]:
+    """One contract line (benchmarks/results.py) per masking of a finished run; metrics come from its exact ranks."""
+    fam = family(spec["model"])
+    ranking = res["ranking"]
+    lines = []
+    for masking in maskings_of(spec["model"]):
+        kind = "native" if (fam, masking) != ("sequential", "history") else "history"
+        lines.append({
+            "dataset": spec["dataset"], "task": "rec", "model": spec["model"],
+            "variant": variant_name(spec["overrides"]), "seed": spec["seed"], "masking": masking, "split": "test",
+            "metrics": contract.metrics_from_ranks(ranking["test"][kind]),
+            "valid_metrics": contract.metrics_from_ranks(ranking["valid"][kind]),
+            "budget": {"epochs": res["epochs_run"], "best_epoch": res["best_epoch"], "epoch_cap": spec["epoch_cap"],
+                       "patience": spec["patience"], "stopped_early": res["stopped_early"]},
+            "train_seconds": round(res["train_seconds"], 3),
+            "eval_users_per_s": round(res["eval_users_per_s"], 3),
+            "peak_rss_mib": round(res["peak_rss_mb"], 1),
+            "commit": commit, "date": contract.utc_now(), "cpu": cpu,
+            "ranks": ranking["test"][kind],
+            "n_users": ranking["n_users"], "n_items": ranking["n_items"], "users_sha256": ranking["users_sha256"],
+            "rank_ties": "pessimistic: r = #{items j not masked : s_j >= s_target}",
+            "masking_note": MASKING_NOTES[(fam, masking)],
+            "runner": "benchmarks/run_peers.py (RecBole 1.2.1)",
+            "overrides": spec["overrides"],
+            "recbole_test": res["test"] if kind == "native" else None,   # RecBole's own metrics (topk ties)
+            "threads": spec["threads"],
+            "versions": environment_versions()["versions"],
+        })
+    return lines
+
+
+def finish_run(entry: dict, returncode: int, workdir: str, *, keep_workdir: bool, tag: str) -> int:
+    """`store_run` without a legacy JSON: clean the work dir, report the outcome (same exit codes)."""
+    if not keep_workdir:
+        subprocess.run(["rm", "-rf", workdir])
+    if returncode == EXIT_SPLIT_MISMATCH:
+        print(f"[{tag}: ABORT, RecBole's split differs from {entry['dataset']}.split.tsv (see above).",
+              file=sys.stderr)
+        return EXIT_SPLIT_MISMATCH
+    if entry.get("status") != "ok":
+        print(f"[{tag} FAILED: {entry.get('status')} {entry.get('error', '')}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def environment_versions() -> dict:

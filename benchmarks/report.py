@@ -1,0 +1,300 @@
+"""Write the tables of BENCHMARKS.md §1 from ``benchmarks/results/*.jsonl``, with paired bootstrap CIs (issue 11).
+
+Every number between the ``bench-report`` markers of BENCHMARKS.md comes from here (``make bench-report``):
+mean ± sd over seeds, and UniMP-tiny vs. the best peer (chosen on validation) as a paired bootstrap 95 % CI of the
+per-user NDCG@10 difference. Needs numpy (project venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as contract  # noqa: E402
+
+__all__ = ["BEGIN_MARKER", "END_MARKER", "best_peer", "latest_lines", "paired_bootstrap", "per_user_ndcg",
+           "render_report", "seed_averaged_ndcg", "summarize", "write_between_markers"]
+
+BEGIN_MARKER = "<!-- bench-report:begin -->"
+END_MARKER = "<!-- bench-report:end -->"
+UNIMP_MODEL = "UniMP-tiny"
+UNIMP_VARIANT = "default"
+TITLES = {"ml100k": "ML-100K", "hm": "H&M", "amazon-mi": "Amazon MI"}
+MASKING_LABELS = {"none": "none", "history": "history masked"}
+TABLE_METRICS = ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20")
+RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+SELECTION_METRIC = "ndcg@10"
+
+
+def per_user_ndcg(ranks, k: int = 10) -> np.ndarray:
+    """NDCG@k of each user: 1/log2(r+1) if r <= k, else 0.
+
+    Args:
+        ranks (`Sequence[int]` of shape (U,)): 1-based rank of each user's target.
+    Returns:
+        `np.ndarray` of shape (U,).
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def seed_averaged_ndcg(lines: list[dict], k: int = 10) -> np.ndarray:
+    """Per-user NDCG@k averaged over the seeds (lines) of one model first: (U,).
+
+    Averaging per user before pairing makes each model's score per user its expected score over training seeds; the
+    bootstrap then resamples users only, so the CI is about which users were drawn, given these seeds.
+    """
+    if not lines:
+        raise ValueError("no lines to average")
+    lengths = {len(line["ranks"]) for line in lines}
+    digests = {line.get("users_sha256") for line in lines} - {None}
+    if len(lengths) != 1 or len(digests) > 1:
+        raise ValueError(f"the seeds of {lines[0]['model']} rank different user lists ({lengths}, {digests})")
+    return np.mean([per_user_ndcg(line["ranks"], k) for line in lines], axis=0)
+
+
+def paired_bootstrap(a, b, *, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> dict:
+    """Mean of a − b over users with a paired (percentile) bootstrap CI: users resampled with replacement.
+
+    Args:
+        a, b (`np.ndarray` of shape (U,)): per-user scores of two models on the same users, in the same order.
+        resamples (`int`): bootstrap resamples of the U users.
+        seed (`int`): seed of `np.random.default_rng` (the CI is reproducible).
+        level (`float`): coverage of the interval, e.g. 0.95 for the 2.5th and 97.5th percentiles.
+    Returns:
+        `{"mean": float, "low": float, "high": float, "n_users": U, "resamples": int, "seed": int}`.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"a and b must be non-empty 1-D arrays of one shape, got {a.shape} and {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // diff.size)     # bounded memory: chunk × U indices at a time
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        means[start:stop] = diff[rng.integers(0, diff.size, size=(stop - start, diff.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "n_users": int(diff.size),
+            "resamples": resamples, "seed": seed}
+
+
+def latest_lines(lines: list[dict]) -> list[dict]:
+    """One line per row key (dataset, task, model, variant, seed, masking): the last one written wins."""
+    by_key = {}
+    for line in lines:
+        by_key[contract.row_key(line)] = line
+    return list(by_key.values())
+
+
+def group(lines: list[dict]) -> dict:
+    """{(dataset, masking): {(model, variant): [lines over seeds]}} of the 'rec' lines on test."""
+    groups: dict = {}
+    for line in lines:
+        if line["task"] != "rec" or line["split"] != "test":
+            continue
+        groups.setdefault((line["dataset"], line["masking"]), {}).setdefault(
+            (line["model"], line["variant"]), []).append(line)
+    for rows in groups.values():
+        for seeds in rows.values():
+            seeds.sort(key=lambda line: line["seed"])
+    return groups
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(seed_lines: list[dict]) -> dict:
+    """Mean and sample sd over seeds of each metric, and the run-cost columns, for one (model, variant)."""
+    out = {"n": len(seed_lines), "seeds": [line["seed"] for line in seed_lines]}
+    for key in contract.METRIC_KEYS:
+        out[key] = _mean_sd([line["metrics"][key] for line in seed_lines])
+    out["valid_" + SELECTION_METRIC] = _mean_sd([line["valid_metrics"][SELECTION_METRIC] for line in seed_lines])
+    out["train_seconds"] = statistics.fmean(line["train_seconds"] for line in seed_lines)
+    out["eval_users_per_s"] = statistics.median(line["eval_users_per_s"] for line in seed_lines)
+    out["peak_rss_mib"] = max(line["peak_rss_mib"] for line in seed_lines)
+    out["budget"] = _budget_text([line["budget"] for line in seed_lines])
+    return out
+
+
+def _span(values: list[int]) -> str:
+    return str(min(values)) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def _budget_text(budgets: list[dict]) -> str:
+    if all("steps" in b for b in budgets):
+        return f"{_span([b['steps'] for b in budgets])} steps"
+    epochs = [b["epochs"] for b in budgets if "epochs" in b]
+    best = [b["best_epoch"] for b in budgets if "best_epoch" in b]
+    caps = sorted({b["epoch_cap"] for b in budgets if "epoch_cap" in b})
+    cap = f", cap {'/'.join(map(str, caps))}" if caps else ""
+    return f"{_span(epochs)} ep (best {_span(best)}{cap})"
+
+
+def _fmt(mean_sd: tuple[float, float | None]) -> str:
+    mean, sd = mean_sd
+    return f"{mean:.4f}" if sd is None else f"{mean:.4f} ± {sd:.4f}"
+
+
+def best_peer(rows: dict) -> tuple | None:
+    """The (model, variant) of the peer (not UniMP) with the highest mean validation NDCG@10; None if there is none.
+
+    Chosen on validation, never on test, so that the comparison cannot pick the peer that happened to do worst on
+    the test users.
+    """
+    peers = {key: seeds for key, seeds in rows.items() if key[0] != UNIMP_MODEL}
+    if not peers:
+        return None
+    return max(peers, key=lambda key: (statistics.fmean(line["valid_metrics"][SELECTION_METRIC]
+                                                        for line in peers[key]), key))
+
+
+def _name(model: str, variant: str) -> str:
+    return model if variant == "default" else f"{model} [{variant}]"
+
+
+def _comparison(groups: dict, dataset: str, masking: str) -> dict | None:
+    rows = groups.get((dataset, masking), {})
+    unimp = rows.get((UNIMP_MODEL, UNIMP_VARIANT))
+    peer_key = best_peer(rows)
+    if not unimp or peer_key is None:
+        return None
+    peer = rows[peer_key]
+    digests = {line.get("users_sha256") for line in unimp + peer} - {None}
+    if len(digests) > 1 or len({len(line["ranks"]) for line in unimp + peer}) != 1:
+        raise ValueError(f"{dataset}/{masking}: UniMP-tiny and {peer_key[0]} rank different user lists; "
+                         "pairing needs the split's user order in both")
+    return {"peer": peer_key, "unimp_n": len(unimp), "peer_n": len(peer),
+            **paired_bootstrap(seed_averaged_ndcg(unimp), seed_averaged_ndcg(peer))}
+
+
+def _reading(ci: dict, peer_name: str) -> str:
+    if ci["low"] > 0:
+        return f"UniMP-tiny ahead of {peer_name}"
+    if ci["high"] < 0:
+        return f"{peer_name} ahead of UniMP-tiny"
+    return f"on par with {peer_name} (the CI spans 0)"
+
+
+def render_report(lines: list[dict]) -> str:
+    """Markdown for BENCHMARKS.md §1 (between the markers) from result lines."""
+    lines = latest_lines(lines)
+    groups = group(lines)
+    datasets = [d for d in contract.DATASETS if any(key[0] == d for key in groups)]
+    commits = sorted({line["commit"][:10] for line in lines})
+    dates = sorted(line["date"][:10] for line in lines)
+    cpus = sorted({f"{line['cpu']['model']} ({line['cpu']['cores']} cores)" for line in lines})
+    out = [
+        "_Generated by `make bench-report` (`benchmarks/report.py`) from `benchmarks/results/*.jsonl`; do not edit "
+        "by hand._",
+        "",
+    ]
+    if not lines:
+        return "\n".join(out + ["No result lines yet."])
+    out += [
+        f"{len(lines)} result lines; runs from {dates[0]} to {dates[-1]}, commits {', '.join(commits)}; "
+        f"CPU: {'; '.join(cpus)}.",
+        "Metrics on test over all users, full ranking, mean ± sample sd over seeds (n = number of seeds); valid "
+        "NDCG@10 is the same model on validation. Ranks count ties against the target. `none`: nothing removed "
+        "from the ranking; `history masked`: the user's past items scored −inf (general peers: RecBole's own "
+        "mask; sequential peers and UniMP: the same trained model ranked both ways).",
+        "",
+        "#### Paired comparison: UniMP-tiny vs. the best peer",
+        "",
+        "Best peer = highest mean **validation** NDCG@10 among the peers with that masking. Δ = mean over users "
+        "of UniMP-tiny's minus the peer's NDCG@10, each user's value first averaged over that model's seeds; "
+        f"95 % CI: percentile bootstrap over users ({RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}).",
+        "",
+        "| dataset | masking | best peer (valid NDCG@10) | UniMP-tiny seeds | peer seeds | Δ NDCG@10 | 95 % CI | "
+        "reading |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    any_pair = False
+    for dataset in datasets:
+        for masking in contract.MASKINGS:
+            rows = groups.get((dataset, masking))
+            if not rows:
+                continue
+            peer_key = best_peer(rows)
+            comparison = _comparison(groups, dataset, masking)
+            peer_text = "—" if peer_key is None else (
+                f"{_name(*peer_key)} ({_fmt(summarize(rows[peer_key])['valid_' + SELECTION_METRIC])})")
+            if comparison is None:
+                out.append(f"| {TITLES[dataset]} | {MASKING_LABELS[masking]} | {peer_text} | 0 | "
+                           f"{len(rows[peer_key]) if peer_key else 0} | — | — | no UniMP-tiny lines yet |")
+                continue
+            any_pair = True
+            out.append(
+                f"| {TITLES[dataset]} | {MASKING_LABELS[masking]} | {peer_text} | {comparison['unimp_n']} | "
+                f"{comparison['peer_n']} | {comparison['mean']:+.4f} | [{comparison['low']:+.4f}, "
+                f"{comparison['high']:+.4f}] | {_reading(comparison, _name(*comparison['peer']))} |")
+    if not any_pair:
+        out += ["", "No UniMP-tiny (variant `default`) lines yet: the paired comparisons appear once they land."]
+    for dataset in datasets:
+        out += ["", f"#### {TITLES[dataset]}", "",
+                "| model | masking | n | valid NDCG@10 | HR@10 | NDCG@10 | MRR@10 | HR@20 | NDCG@20 | budget | "
+                "train s | eval users/s | peak MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for masking in contract.MASKINGS:
+            rows = groups.get((dataset, masking), {})
+            order = sorted(rows, key=lambda key: (key[0] == UNIMP_MODEL, key))
+            for key in order:
+                s = summarize(rows[key])
+                out.append(
+                    f"| {_name(*key)} | {MASKING_LABELS[masking]} | {s['n']} | "
+                    f"{_fmt(s['valid_' + SELECTION_METRIC])} | " + " | ".join(_fmt(s[m]) for m in TABLE_METRICS)
+                    + f" | {s['budget']} | {s['train_seconds']:.0f} | {s['eval_users_per_s']:.0f} | "
+                    f"{s['peak_rss_mib']:.0f} |")
+    return "\n".join(out)
+
+
+def write_between_markers(path: str | Path, body: str) -> bool:
+    """Replace the text between the bench-report markers of `path` with `body`; True if the file changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.count(BEGIN_MARKER) != 1 or text.count(END_MARKER) != 1 or text.index(BEGIN_MARKER) > text.index(
+            END_MARKER):
+        raise ValueError(f"{path} needs exactly one {BEGIN_MARKER} followed by one {END_MARKER}")
+    head, rest = text.split(BEGIN_MARKER)
+    _, tail = rest.split(END_MARKER)
+    new = f"{head}{BEGIN_MARKER}\n{body}\n{END_MARKER}{tail}"
+    if new == text:
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", default=str(contract.RESULTS_DIR))
+    parser.add_argument("--markdown", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"),
+                        help="file holding the bench-report markers (default: BENCHMARKS.md)")
+    parser.add_argument("--print", action="store_true", help="print the report instead of writing it")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the markdown is not up to date")
+    args = parser.parse_args(argv)
+    body = render_report(contract.read_results(args.results_dir))
+    if args.print:
+        print(body)
+        return 0
+    if args.check:
+        text = Path(args.markdown).read_text(encoding="utf-8")
+        current = text.split(BEGIN_MARKER)[1].split(END_MARKER)[0].strip("\n") if BEGIN_MARKER in text else None
+        if current != body:
+            print(f"{args.markdown} is out of date: run `make bench-report`", file=sys.stderr)
+            return 1
+        return 0
+    changed = write_between_markers(args.markdown, body)
+    print(f"{args.markdown}: {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
