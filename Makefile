@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-rating-peers clean
+.PHONY: setup demo test test-slow lint bench bench-peers bench-report bench-rating-peers clean
 
 setup: $(STAMP)
 
@@ -46,17 +46,23 @@ $(PEER_DATA)/.exported: $(STAMP) processing/datasets_unimp.py
 	$(BIN)/python -c "from processing.datasets_unimp import export_recbole_atomic as e; [e(d, '$(PEER_DATA)') for d in ('ml-100k-posters', 'amazon-mi-2014-5core', 'hm-sample')]"
 	touch $@
 
-# Peers on the builders' exported split (hours on 2 cores); results land in $(PEER_OUT).
+# Peers on the builders' exported split (hours on 2 cores), 3 seeds each, each at its validation-best setting
+# (benchmarks/README.md): one contract line per run and masking in benchmarks/results/<dataset>.jsonl (issue 11).
+# Resumable: rows already in those files are skipped. Cheapest first.
+PEER_SEEDS ?= 2020 2021 2022
+PEERS_RUN = TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_peers.py \
+	  --data-dir $(PEER_DATA) --seeds $(PEER_SEEDS) --threads 1 --out $(PEER_OUT) --skip-existing
 bench-peers: $(STAMP) $(RECBOLE_STAMP) $(PEER_DATA)/.exported
-	TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_peers.py \
-	  --data-dir $(PEER_DATA) --datasets amazon-mi hm ml100k \
-	  --models Pop BPR LightGCN GRU4Rec SASRec BERT4Rec --out $(PEER_OUT) --skip-existing
-	TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_peers.py \
-	  --data-dir $(PEER_DATA) --datasets amazon-mi hm ml100k --models SASRec \
-	  --set SASRec:hidden_dropout_prob=0.2 SASRec:attn_dropout_prob=0.2 --out $(PEER_OUT) --skip-existing
-	TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_peers.py \
-	  --data-dir $(PEER_DATA) --datasets amazon-mi hm ml100k --models Pop \
-	  --set Pop:pop_count_fix=true --out $(PEER_OUT) --skip-existing  # RecBole 1.2.1's Pop miscounts (run_peers.py)
+	$(PEERS_RUN) --datasets amazon-mi hm ml100k --models Pop --set Pop:pop_count_fix=true  # RecBole 1.2.1's Pop miscounts
+	$(PEERS_RUN) --datasets amazon-mi hm ml100k --models BPR LightGCN
+	$(PEERS_RUN) --datasets amazon-mi hm ml100k --models SASRec \
+	  --set SASRec@ml100k:hidden_dropout_prob=0.2 SASRec@ml100k:attn_dropout_prob=0.2
+	$(PEERS_RUN) --datasets amazon-mi hm --models GRU4Rec BERT4Rec
+	$(PEERS_RUN) --datasets ml100k --models GRU4Rec BERT4Rec
+
+# The tables of BENCHMARKS.md §1 (between the bench-report markers) from benchmarks/results/*.jsonl.
+bench-report: $(STAMP)
+	$(BIN)/python benchmarks/report.py
 
 # Rating prediction (issue 5): RecBole rating peers + mean/bias baselines, MAE/RMSE on the same leave-one-out split
 # (about 15 min on 2 cores). The export carries the ratings in its own folder; the ranking export stays as it is.
@@ -76,6 +82,7 @@ bench: bench-peers bench-rating-peers
 	$(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi \
 	  --variants unimp paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint \
 	  --max-train-seconds $(BENCH_SECONDS) --peers $(PEER_OUT) --rating-peers $(RATING_PEER_OUT) --reuse
+	$(BIN)/python benchmarks/report.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks

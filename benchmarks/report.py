@@ -200,8 +200,8 @@ def render_report(lines: list[dict]) -> str:
     if not lines:
         return "\n".join(out + ["No result lines yet."])
     out += [
-        f"{len(lines)} result lines; runs from {dates[0]} to {dates[-1]}, commits {', '.join(commits)}; "
-        f"CPU: {'; '.join(cpus)}.",
+        f"{len(lines)} result line{'s' if len(lines) != 1 else ''}; runs from {dates[0]} to {dates[-1]}, "
+        f"commits {', '.join(commits)}; CPU: {'; '.join(cpus)}.",
         "Metrics on test over all users, full ranking, mean ± sample sd over seeds (n = number of seeds); valid "
         "NDCG@10 is the same model on validation. Ranks count ties against the target. `none`: nothing removed "
         "from the ranking; `history masked`: the user's past items scored −inf (general peers: RecBole's own "
