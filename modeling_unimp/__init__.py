@@ -8,8 +8,6 @@ from transformers import (
     AutoProcessor,
 )
 
-from processing.processing_unimp import UniMPProcessor
-
 from .configuration_unimp import UniMPConfig
 from .image_tokenizer_unimp import UniMPImageTokenizer, UniMPImageTokenizerConfig
 from .modeling_unimp import (
@@ -19,6 +17,7 @@ from .modeling_unimp import (
     UniMPPerceiverResampler,
     UniMPPreTrainedModel,
 )
+from .processing_unimp import UniMPProcessor, make_image_processor, train_catalogue_tokenizer
 
 AutoConfig.register("unimp", UniMPConfig, exist_ok=True)
 # AutoModel maps to the generating class: users expect AutoModel.from_pretrained(...).generate() to work.
@@ -39,6 +38,8 @@ __all__ = [
     "UniMPProcessor",
     "UniMPImageTokenizer",
     "UniMPImageTokenizerConfig",
+    "make_image_processor",
+    "train_catalogue_tokenizer",
 ]
 
 # The custom pipeline: pipeline("unimp-recommend", model=...) in-library (see pipeline_unimp.py for remote code).

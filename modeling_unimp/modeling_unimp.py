@@ -18,6 +18,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_unimp import UniMPConfig
 
+IGNORE_INDEX = -100  # `labels` value of unsupervised tokens: what transformers' loss functions skip
+
 
 @dataclass
 class UniMPModelOutputWithPast(BaseModelOutputWithPast):
@@ -575,6 +577,7 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "IGNORE_INDEX",
     "UniMPPerceiverResampler",
     "UniMPGatedCrossAttentionBlock",
     "UniMPPreTrainedModel",

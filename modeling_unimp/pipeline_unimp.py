@@ -1,6 +1,7 @@
 """UniMPRecommendPipeline, task "unimp-recommend": a user's history -> ranked catalogue items (reference §4).
 
-Checkpoint file: imports torch, transformers and PIL only, so `trust_remote_code=True` loads it from a checkpoint.
+Checkpoint file: imports torch, transformers, PIL and same-folder modules only, so `trust_remote_code=True` loads
+it from a checkpoint.
 """
 
 import os
@@ -11,15 +12,12 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 from transformers.utils import logging
 
+from .prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS
+
 logger = logging.get_logger(__name__)
 
 TASKS = ("rec", "search", "exp", "select")
 METHODS = ("exact", "beam")
-# The processor's added answer tokens (processing/prompt_templates.py RATING_TOKENS, SELECTION_TOKENS and
-# END_OF_CHUNK_TOKEN); spelled out here because a checkpoint file may import same-folder modules only.
-RATING_TOKENS = tuple(f"rate_{r}" for r in range(1, 6))
-SELECTION_TOKENS = tuple(f"s_{i}" for i in range(5))
-END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 DEFAULT_MAX_HISTORY_ITEMS = 10  # used when the processor does not record its training window (max_history_items)
 DEFAULT_BATCH_SIZE = 16
 # Beam widths and lengths of the reference's evaluation scripts (reference §4.1, §4.3, §4.4).
@@ -92,8 +90,8 @@ class UniMPRecommendPipeline(Pipeline):
 
     Example (an untrained model, so the ranking itself means nothing):
         >>> from transformers import pipeline
-        >>> from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
-        >>> from processing import UniMPProcessor, train_catalogue_tokenizer
+        >>> from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPProcessor
+        >>> from modeling_unimp import train_catalogue_tokenizer
         >>> tokenizer = train_catalogue_tokenizer(["Title Toy Story Heat Up"], vocab_size=300)
         >>> processor = UniMPProcessor.from_catalogue(tokenizer, ["m1", "m2", "m3"], ["Toy Story", "Heat", "Up"],
         ...                                           image_size=64)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-IGNORE_INDEX = -100
+from .modeling_unimp import IGNORE_INDEX
 
 # Which submodules train in each stage (reference §1.6; STYLE.md §8.4: freezing is a recipe step).
 TRAINABLE_MODULES = {

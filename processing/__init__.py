@@ -1,6 +1,5 @@
-"""unimp data side: prompt templates, the processor, the collator, dataset builders and metrics."""
+"""unimp data side: dataset builders, task records, the collator and the metrics (see ARCHITECTURE.md)."""
 
-from .collator_unimp import IGNORE_INDEX, UniMPDataCollator
-from .processing_unimp import UniMPProcessor, make_image_processor, train_catalogue_tokenizer
+from .collator_unimp import UniMPDataCollator
 
-__all__ = ["IGNORE_INDEX", "UniMPDataCollator", "UniMPProcessor", "make_image_processor", "train_catalogue_tokenizer"]
+__all__ = ["UniMPDataCollator"]

@@ -4,10 +4,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .processing_unimp import UniMPProcessor
-from .prompt_templates import ANSWER_TOKEN, END_OF_CHUNK_TOKEN, IMAGE_TOKEN
-
-IGNORE_INDEX = -100
+from modeling_unimp.modeling_unimp import IGNORE_INDEX
+from modeling_unimp.processing_unimp import UniMPProcessor
+from modeling_unimp.prompt_templates import ANSWER_TOKEN, END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 
 
 @dataclass
@@ -21,7 +20,7 @@ class UniMPDataCollator:
     `task_weight × context_weight`; the final answer gets `task_weight` (§3.4).
 
     Example:
-        >>> from processing import UniMPProcessor, train_catalogue_tokenizer
+        >>> from modeling_unimp import UniMPProcessor, train_catalogue_tokenizer
         >>> tokenizer = train_catalogue_tokenizer(["Heat Toy Story"], vocab_size=300)
         >>> processor = UniMPProcessor.from_catalogue(tokenizer, ["a", "b"], image_size=32)
         >>> collator = UniMPDataCollator(processor, context_weight=0.5)
@@ -84,4 +83,4 @@ class UniMPDataCollator:
         return labels, weights
 
 
-__all__ = ["UniMPDataCollator", "IGNORE_INDEX"]
+__all__ = ["UniMPDataCollator"]

@@ -24,7 +24,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, List, Value
 from datasets.table import InMemoryTable
 
-from .prompt_templates import TRAIN_SPLIT
+from modeling_unimp.prompt_templates import TRAIN_SPLIT
 
 logger = logging.getLogger(__name__)
 

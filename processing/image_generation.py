@@ -11,8 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from modeling_unimp.pipeline_image_generation_unimp import UniMPImageCodeLogitsProcessor
-
-from .prompt_templates import image_code_token
+from modeling_unimp.prompt_templates import image_code_token
 
 # Shape letters: n, m sets of images, d feature dimension, S codes per image, K codebook size.
 

@@ -12,9 +12,9 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import HfArgumentParser, TrainerCallback
 
-from processing import UniMPProcessor, train_catalogue_tokenizer
+from modeling_unimp import UniMPProcessor, train_catalogue_tokenizer
+from modeling_unimp.prompt_templates import build_item_index, render_item_text, render_record
 from processing.datasets_unimp import build_task_records, items_by_id, load_unimp_dataset
-from processing.prompt_templates import build_item_index, render_item_text, render_record
 
 logger = logging.getLogger("unimp.recipes")
 

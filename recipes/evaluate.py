@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from modeling_unimp.pipeline_unimp import END_OF_CHUNK_TOKEN, _UniMPAllowedTokens
+from modeling_unimp.prompt_templates import RATING_TOKENS
 from processing import UniMPDataCollator
 from processing.metrics_unimp import (
     EMPTY_EXPLANATION,
@@ -25,7 +26,6 @@ from processing.metrics_unimp import (
     compute_text_metrics,
     rank_of_targets,
 )
-from processing.prompt_templates import RATING_TOKENS
 
 from .common import ImageCache, RecipeArguments, load_dataset_dict, render_examples, write_json
 

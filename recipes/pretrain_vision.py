@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 
 from modeling_unimp import UniMPConfig
+from modeling_unimp.processing_unimp import CLIP_MEAN, CLIP_STD
+from modeling_unimp.prompt_templates import render_item_text
 from processing.datasets_unimp import items_by_id, load_unimp_dataset
-from processing.processing_unimp import CLIP_MEAN, CLIP_STD
-from processing.prompt_templates import render_item_text
 
 from .common import parse_recipe_args
 

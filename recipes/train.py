@@ -13,9 +13,9 @@ import torch
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
+from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPProcessor
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, lora_config_for, set_trainable
-from processing import UniMPDataCollator, UniMPProcessor
+from processing import UniMPDataCollator
 
 from .common import (
     ImageCache,

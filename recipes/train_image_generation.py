@@ -24,19 +24,25 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPImageTokenizer
+from modeling_unimp import (
+    UniMPConfig,
+    UniMPForConditionalGeneration,
+    UniMPImageTokenizer,
+    UniMPProcessor,
+    train_catalogue_tokenizer,
+)
 from modeling_unimp.image_tokenizer_unimp import compute_psnr, compute_ssim
 from modeling_unimp.pipeline_image_generation_unimp import UniMPImageGenerationPipeline
-from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
-from processing import UniMPDataCollator, UniMPProcessor, train_catalogue_tokenizer
-from processing.datasets_unimp import build_image_generation_records, item_query, items_by_id
-from processing.prompt_templates import (
+from modeling_unimp.prompt_templates import (
     IMGGEN_INSTRUCTION,
     QUERY_PREFIX,
     TRAIN_SPLIT,
     render_item_text,
     render_record,
 )
+from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
+from processing import UniMPDataCollator
+from processing.datasets_unimp import build_image_generation_records, item_query, items_by_id
 
 from .common import (
     RecipeArguments,

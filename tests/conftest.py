@@ -105,7 +105,7 @@ TINY_CATALOGUE = {  # three items; item "m3" has no image
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from processing import train_catalogue_tokenizer
+    from modeling_unimp import train_catalogue_tokenizer
 
     corpus = ["Title Toy Story Genre Animation Comedy", "Title Heat Genre Action Crime", "What next?"] * 5
     return train_catalogue_tokenizer(corpus, vocab_size=300)
@@ -115,6 +115,6 @@ def tiny_tokenizer():
 def tiny_processor(tiny_tokenizer):
     import copy
 
-    from processing import UniMPProcessor
+    from modeling_unimp import UniMPProcessor
 
     return UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), image_size=32, **TINY_CATALOGUE)

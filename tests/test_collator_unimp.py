@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from processing import IGNORE_INDEX, UniMPDataCollator
+from modeling_unimp.modeling_unimp import IGNORE_INDEX
+from processing import UniMPDataCollator
 
 TEXT = "<image> Title Toy Story <answer> <item_0> <|endofchunk|> <image> Title Heat <answer> <item_1> " \
     "<|endofchunk|> What next? <answer> <item_2>"

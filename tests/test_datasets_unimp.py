@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 from datasets import Image
 
+from modeling_unimp.prompt_templates import IMAGE_TOKEN, build_item_index, render_item_text, render_record
 from processing import datasets_unimp as data
-from processing.prompt_templates import IMAGE_TOKEN, build_item_index, render_item_text, render_record
 
 # ----------------------------------------------------------------------------------------------
 # Fixtures: each real dataset is parsed once per session

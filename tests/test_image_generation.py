@@ -10,8 +10,8 @@ from PIL import Image
 from transformers import AutoProcessor, LogitsProcessorList, pipeline
 
 import modeling_unimp.pipeline_image_generation_unimp as pipeline_module
-from modeling_unimp import UniMPForConditionalGeneration, UniMPImageTokenizer, UniMPImageTokenizerConfig
-from processing import UniMPProcessor
+from modeling_unimp import UniMPForConditionalGeneration, UniMPImageTokenizer, UniMPImageTokenizerConfig, UniMPProcessor
+from modeling_unimp.prompt_templates import render_record
 from processing.image_generation import (
     UniMPImageCodeLogitsProcessor,
     compute_frechet_distance,
@@ -20,7 +20,6 @@ from processing.image_generation import (
     image_code_tokens,
     token_ids_to_codes,
 )
-from processing.prompt_templates import render_record
 from tests.conftest import REPO_ROOT, make_tiny_config
 
 CODEBOOK_SIZE = 16

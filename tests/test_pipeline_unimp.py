@@ -14,10 +14,9 @@ from conftest import make_tiny_config
 from PIL import Image
 from transformers import pipeline
 
-from modeling_unimp import UniMPForConditionalGeneration, UniMPRecommendPipeline
+from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor, UniMPRecommendPipeline
 from modeling_unimp import pipeline_unimp as pipeline_module
-from processing import UniMPProcessor
-from processing.prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS, render_record
+from modeling_unimp.prompt_templates import SELECTION_TOKENS, render_record
 
 NUM_ITEMS = 12
 ITEM_IDS = [f"m{k}" for k in range(NUM_ITEMS)]
@@ -216,12 +215,6 @@ def test_docstring_example_runs():
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_answer_token_strings_match_the_prompt_templates():
-    assert pipeline_module.RATING_TOKENS == RATING_TOKENS
-    assert pipeline_module.SELECTION_TOKENS == SELECTION_TOKENS
-    assert pipeline_module.END_OF_CHUNK_TOKEN == END_OF_CHUNK_TOKEN
-
-
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "inputs",
@@ -324,7 +317,7 @@ def test_remote_code_pipeline_runs_in_a_process_without_the_package(catalogue, r
 def test_ids_render_with_the_attributes_the_catalogue_stored(tiny_tokenizer, tmp_path):
     import copy
 
-    from processing import UniMPProcessor
+    from modeling_unimp import UniMPProcessor
 
     attributes = [[("Title", "Toy Story"), ("Genres", "Animation")], [("Title", "Heat"), ("Genres", "Crime")],
                   [("Title", "Up"), ("Genres", "Animation")]]

