@@ -42,8 +42,8 @@ BENCH_SECONDS ?= 420
 $(RECBOLE_STAMP): benchmarks/setup_recbole.sh
 	benchmarks/setup_recbole.sh $(RECBOLE_VENV)
 
-$(PEER_DATA)/.exported: $(STAMP) processing/datasets_unimp.py
-	$(BIN)/python -c "from processing.datasets_unimp import export_recbole_atomic as e; [e(d, '$(PEER_DATA)') for d in ('ml-100k-posters', 'amazon-mi-2014-5core', 'hm-sample')]"
+$(PEER_DATA)/.exported: $(STAMP) processing/datasets_unimp.py benchmarks/recbole_export.py
+	$(BIN)/python -m benchmarks.recbole_export $(PEER_DATA) ml-100k-posters amazon-mi-2014-5core hm-sample
 	touch $@
 
 # Peers on the builders' exported split (hours on 2 cores), 3 seeds each, each at its validation-best setting
@@ -69,8 +69,8 @@ bench-report: $(STAMP)
 RATING_DATA     ?= outputs/recbole_atomic_rating
 RATING_PEER_OUT ?= outputs/bench/rating_peers.json
 
-$(RATING_DATA)/.exported: $(STAMP) processing/datasets_unimp.py
-	$(BIN)/python -c "from processing.datasets_unimp import export_recbole_atomic as e; [e(d, '$(RATING_DATA)', with_ratings=True) for d in ('ml-100k-posters', 'amazon-mi-2014-5core')]"
+$(RATING_DATA)/.exported: $(STAMP) processing/datasets_unimp.py benchmarks/recbole_export.py
+	$(BIN)/python -m benchmarks.recbole_export $(RATING_DATA) ml-100k-posters amazon-mi-2014-5core --with-ratings
 	touch $@
 
 bench-rating-peers: $(STAMP) $(RECBOLE_STAMP) $(RATING_DATA)/.exported

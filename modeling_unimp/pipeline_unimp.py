@@ -62,7 +62,7 @@ class UniMPRecommendPipeline(Pipeline):
     `{"item_id"?, "attributes"?: [(key, value), ...], "title"?, "image"?: PIL image | path | None, ...}`. Ids
     are expanded from the processor's catalogue (its stored attributes, else a `Title`, and the catalogue
     image), or from `items` (item_id -> item dict, e.g.
-    `processing.datasets_unimp.items_by_id(dataset["items"])`) to render exactly the training-time attributes.
+    `processing.task_records.items_by_id(dataset["items"])`) to render exactly the training-time attributes.
     Only the last `max_history_items` items are shown to the model.
 
     Tasks (`task=`, or a `"task"` key per record `{"history": [...], "task", "query", "target", "candidates"}`):

@@ -14,7 +14,8 @@ from transformers import HfArgumentParser, TrainerCallback
 
 from modeling_unimp import UniMPProcessor, train_catalogue_tokenizer
 from modeling_unimp.prompt_templates import build_item_index, render_item_text, render_record
-from processing.datasets_unimp import build_task_records, items_by_id, load_unimp_dataset
+from processing.datasets_unimp import load_unimp_dataset
+from processing.task_records import build_task_records, items_by_id
 
 logger = logging.getLogger("unimp.recipes")
 

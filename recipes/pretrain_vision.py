@@ -30,7 +30,8 @@ from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionM
 from modeling_unimp import UniMPConfig
 from modeling_unimp.processing_unimp import CLIP_MEAN, CLIP_STD
 from modeling_unimp.prompt_templates import render_item_text
-from processing.datasets_unimp import items_by_id, load_unimp_dataset
+from processing.datasets_unimp import load_unimp_dataset
+from processing.task_records import items_by_id
 
 from .common import parse_recipe_args
 

@@ -42,7 +42,7 @@ from modeling_unimp.prompt_templates import (
 )
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
 from processing import UniMPDataCollator
-from processing.datasets_unimp import build_image_generation_records, item_query, items_by_id
+from processing.task_records import build_image_generation_records, item_query, items_by_id
 
 from .common import (
     RecipeArguments,
@@ -81,7 +81,7 @@ class ImageGenerationArguments:
     query_source: str = field(
         default="title",
         metadata={"help": "The query: the target's 'title' keywords, its 'category' / genres, or 'title_and_category' "
-                          "(datasets_unimp.item_query)."},
+                          "(task_records.item_query)."},
     )
     image_generation_max_history_items: int = field(
         default=2, metadata={"help": "History items shown per image-generation prompt (2 in the reference, §2.2 vi)."}

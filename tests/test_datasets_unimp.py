@@ -10,8 +10,10 @@ import PIL.Image
 import pytest
 from datasets import Image
 
+from benchmarks.recbole_export import export_recbole_atomic
 from modeling_unimp.prompt_templates import IMAGE_TOKEN, build_item_index, render_item_text, render_record
 from processing import datasets_unimp as data
+from processing import task_records
 
 # ----------------------------------------------------------------------------------------------
 # Fixtures: each real dataset is parsed once per session
@@ -54,7 +56,7 @@ def amazon_2018(data_dir):
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, ml100k, hm, amazon_mi):
     out = tmp_path_factory.mktemp("atomic")
-    return {name: data.export_recbole_atomic(dd, out) for name, dd in
+    return {name: export_recbole_atomic(dd, out) for name, dd in
             (("ml100k", ml100k), ("hm", hm), ("amazon-mi", amazon_mi))}
 
 
@@ -221,8 +223,8 @@ def _rated_dataset(tmp_path, drop_rating_of=None):
 
 def test_export_with_ratings_adds_rating_columns_and_keeps_the_default(tmp_path):
     dataset_dict = _rated_dataset(tmp_path)
-    plain = data.export_recbole_atomic(dataset_dict, tmp_path / "plain")
-    rated = data.export_recbole_atomic(dataset_dict, tmp_path / "rated", with_ratings=True)
+    plain = export_recbole_atomic(dataset_dict, tmp_path / "plain")
+    rated = export_recbole_atomic(dataset_dict, tmp_path / "rated", with_ratings=True)
     inter = pd.read_csv(rated / "rated.inter", sep="\t", dtype=str)
     assert list(inter.columns) == ["user_id:token", "item_id:token", "timestamp:float", "unix_time:token",
                                    "rating:float"]
@@ -237,9 +239,9 @@ def test_export_with_ratings_adds_rating_columns_and_keeps_the_default(tmp_path)
 
 def test_export_with_ratings_names_the_unrated_interaction(tmp_path):
     dataset_dict = _rated_dataset(tmp_path, drop_rating_of=("u2", "c"))
-    data.export_recbole_atomic(dataset_dict, tmp_path / "plain")  # the default export needs no rating
+    export_recbole_atomic(dataset_dict, tmp_path / "plain")  # the default export needs no rating
     with pytest.raises(ValueError, match="user 'u2' with item 'c' has no rating"):
-        data.export_recbole_atomic(dataset_dict, tmp_path / "rated", with_ratings=True)
+        export_recbole_atomic(dataset_dict, tmp_path / "rated", with_ratings=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def test_export_with_ratings_names_the_unrated_interaction(tmp_path):
 @pytest.mark.parametrize("task", ["rec", "exp", "select", "search"])
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_task_records_render_with_one_image_per_image_token(ml100k, task, split):
-    records = data.build_task_records(ml100k, task, split, seed=0)
+    records = task_records.build_task_records(ml100k, task, split, seed=0)
     assert len(records) == 943
     index = build_item_index(ml100k["items"]["item_id"])
     for record in records[:50]:
@@ -258,9 +260,9 @@ def test_task_records_render_with_one_image_per_image_token(ml100k, task, split)
         assert rendered["text"].count(IMAGE_TOKEN) == len(rendered["images"])
 
 
-@pytest.mark.parametrize("builder", [data.build_recommendation_records, data.build_selection_records])
+@pytest.mark.parametrize("builder", [task_records.build_recommendation_records, task_records.build_selection_records])
 def test_task_records_are_reproducible_from_the_seed(amazon_mi, builder):
-    rows, items = amazon_mi["train"].select(range(200)), data.items_by_id(amazon_mi["items"])
+    rows, items = amazon_mi["train"].select(range(200)), task_records.items_by_id(amazon_mi["items"])
     first = builder(rows, items, split="train", seed=3)
     assert first == builder(rows, items, split="train", seed=3)
     assert first != builder(rows, items, split="train", seed=4)
@@ -268,8 +270,8 @@ def test_task_records_are_reproducible_from_the_seed(amazon_mi, builder):
 
 def test_recommendation_windows_follow_the_sequence(ml100k):
     rows = ml100k["train"].select(range(20))
-    items = data.items_by_id(ml100k["items"])
-    records = data.build_recommendation_records(rows, items, split="train", max_history_items=5,
+    items = task_records.items_by_id(ml100k["items"])
+    records = task_records.build_recommendation_records(rows, items, split="train", max_history_items=5,
                                                 num_windows_per_user=None)
     sequences = {row["user_id"]: row["history_item_ids"] + [row["target_item_id"]] for row in rows}
     assert len(records) == sum(len(sequence) - 1 for sequence in sequences.values())  # every sliding window
@@ -282,16 +284,16 @@ def test_recommendation_windows_follow_the_sequence(ml100k):
 
 def test_eval_history_keeps_the_most_recent_items(ml100k):
     row = ml100k["test"][0]
-    record = data.build_recommendation_records([row], data.items_by_id(ml100k["items"]), split="test",
+    record = task_records.build_recommendation_records([row], task_records.items_by_id(ml100k["items"]), split="test",
                                                max_history_items=4)[0]
     assert [item["item_id"] for item in record["history"]] == row["history_item_ids"][-4:]
     assert record["target"]["item_id"] == row["target_item_id"]
 
 
 def test_selection_negatives_were_never_touched_by_the_user(amazon_mi):
-    touched = data.collect_touched_item_ids(amazon_mi)
+    touched = task_records.collect_touched_item_ids(amazon_mi)
     for split in ("train", "test"):
-        for record in data.build_task_records(amazon_mi, "select", split, seed=0):
+        for record in task_records.build_task_records(amazon_mi, "select", split, seed=0):
             ids = [item["item_id"] for item in record["candidates"]]
             positives = {ids[slot] for slot in record["answer_slots"]}
             assert len(ids) == 3 and 1 <= len(positives) <= 2
@@ -300,23 +302,23 @@ def test_selection_negatives_were_never_touched_by_the_user(amazon_mi):
 
 
 def test_explanation_records_use_ratings_and_review_sentences(amazon_mi, ml100k, hm):
-    record = data.build_task_records(amazon_mi, "exp", "test")[0]
+    record = task_records.build_task_records(amazon_mi, "exp", "test")[0]
     assert record["target"]["rating"] in range(1, 6) and record["target"]["explanation"]
-    ml_record = data.build_task_records(ml100k, "exp", "test")[0]
+    ml_record = task_records.build_task_records(ml100k, "exp", "test")[0]
     assert render_record(ml_record, "test")["answer"] in {f"rate_{r}" for r in range(1, 6)}
     with pytest.raises(ValueError, match="needs ratings"):
-        data.build_task_records(hm, "exp", "test")
+        task_records.build_task_records(hm, "exp", "test")
 
 
 def test_search_query_is_the_target_genre_path(ml100k):
-    record = data.build_task_records(ml100k, "search", "test")[0]
+    record = task_records.build_task_records(ml100k, "search", "test")[0]
     assert record["query"] == record["target"]["category"]
-    assert data.item_query({"title": "The Red Soap of Doom", "category": None}) == "Red Soap Doom"
+    assert task_records.item_query({"title": "The Red Soap of Doom", "category": None}) == "Red Soap Doom"
 
 
 def test_image_generation_records_carry_the_caller_codes(hm):
     codes = {item_id: f"img_{k}," for k, item_id in enumerate(hm["items"]["item_id"])}
-    records = data.build_image_generation_records(hm["test"], hm["items"], image_codes=codes, split="test")
+    records = task_records.build_image_generation_records(hm["test"], hm["items"], image_codes=codes, split="test")
     rendered = render_record(records[0], "test")
     assert rendered["answer"] == codes[hm["test"][0]["target_item_id"]]
     assert rendered["text"].count(IMAGE_TOKEN) == len(rendered["images"]) == 2
@@ -360,11 +362,11 @@ def test_corrupt_and_missing_images_keep_text_with_one_warning(generic_files):
         dataset_dict = data.build_generic(interactions, items, name="tiny")
     image_warnings = [w for w in caught if "missing or undecodable" in str(w.message)]
     assert len(image_warnings) == 1 and "2 of 4 items" in str(image_warnings[0].message)
-    table = data.items_by_id(dataset_dict["items"])
+    table = task_records.items_by_id(dataset_dict["items"])
     assert table["a"]["image"].endswith("good.png")
     assert table["b"]["image"] is None and table["c"]["image"] is None and table["d"]["image"] is None
     assert render_item_text(table["b"]["attributes"]) == "Title Broken"
-    record = data.build_recommendation_records(dataset_dict["test"], table, split="test")[0]
+    record = task_records.build_recommendation_records(dataset_dict["test"], table, split="test")[0]
     rendered = render_record(record, "test", item_index=build_item_index(table))
     assert rendered["text"].count(IMAGE_TOKEN) == len(rendered["images"]) == 3
     assert rendered["images"][0].endswith("good.png") and rendered["images"][1:] == [None, None]
@@ -413,9 +415,9 @@ def test_record_builders_name_unknown_items_empty_histories_and_protocols():
     items = {"a": {"item_id": "a", "attributes": []}}
     row = {"user_id": "u1", "history_item_ids": ["a"], "target_item_id": "zz"}
     with pytest.raises(KeyError, match="target item_id 'zz'"):
-        data.build_recommendation_records([row], items, split="test")
+        task_records.build_recommendation_records([row], items, split="test")
     with pytest.raises(ValueError, match="user 'u1': field 'history_item_ids' is empty"):
-        data.build_selection_records([dict(row, history_item_ids=[])], items, split="test")
+        task_records.build_selection_records([dict(row, history_item_ids=[])], items, split="test")
     with pytest.raises(ValueError, match="protocol='random'"):
         data._split_sequences({}, "random", 0, (0.8, 0.1, 0.1))
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):

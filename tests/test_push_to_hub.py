@@ -18,7 +18,8 @@ from PIL import Image
 from transformers import pipeline
 
 from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
-from processing.datasets_unimp import items_by_id, load_unimp_dataset
+from processing.datasets_unimp import load_unimp_dataset
+from processing.task_records import items_by_id
 from recipes import push_to_hub
 from recipes.evaluate import evaluate_recommendation
 
