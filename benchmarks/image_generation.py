@@ -31,10 +31,9 @@ from PIL import Image, ImageDraw
 from transformers import CLIPVisionModel
 
 from modeling_unimp import UniMPImageTokenizer
-from modeling_unimp.image_tokenizer_unimp import compute_psnr, compute_ssim
 from modeling_unimp.processing_unimp import CLIP_MEAN, CLIP_STD
 from processing.datasets_unimp import load_unimp_dataset
-from processing.image_generation import compute_frechet_distance, compute_retrieval_metrics
+from processing.image_metrics import compute_frechet_distance, compute_psnr, compute_retrieval_metrics, compute_ssim
 from processing.task_records import items_by_id
 from recipes.train_image_generation import IMAGE_TOKENIZER_SUBFOLDER, load_item_pixels
 

@@ -54,8 +54,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_peers import (  # noqa: E402  (the ranking runner's stdlib-only helpers, shared)
+# A script (the Makefile and run_spec_in_child run it by path): its own folder is first on sys.path.
+from run_peers import (  # the ranking runner's stdlib-only helpers, shared
     EXIT_SPLIT_MISMATCH,
     SplitMismatch,
     child_or_tables,
@@ -131,49 +131,50 @@ def mae_rmse(pred, true) -> dict[str, float]:
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())), "n": int(err.size)}
 
 
-def compute_baselines(data_dir: Path, ds: str) -> list[dict]:
-    """The four trivial baselines on the split file's valid / test targets (see the module docstring)."""
-    import numpy as np
+def _load_rating_baselines():
+    """`processing/rating_baselines.py`, loaded by path: it is stdlib-only, and this venv has no unimp package."""
+    import importlib.util
 
+    path = Path(__file__).resolve().parents[1] / "processing" / "rating_baselines.py"
+    spec = importlib.util.spec_from_file_location("rating_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compute_baselines(data_dir: Path, ds: str) -> list[dict]:
+    """The four trivial baselines on the split file's valid / test targets (see the module docstring), from
+    `processing/rating_baselines.py`, the implementation `recipes.evaluate` reports next to UniMP."""
+    baselines = _load_rating_baselines()
     split, rating = read_split(data_dir, ds), read_ratings(data_dir, ds)
     train = [(u, i, rating[(u, i)]) for u, (items, *_) in split.items() for i in items]
     users = list(split)
     for u, (_, v, t, vr, tr) in split.items():   # the split file's ratings must be the .inter's
         if rating[(u, v)] != vr or rating[(u, t)] != tr:
             raise SystemExit(f"{ds}: split.tsv ratings of user {u} differ from {ds}.inter")
-    mu = float(np.mean([r for *_, r in train]))
-    by_user: dict[str, list[float]] = {}
-    by_item: dict[str, list[float]] = {}
-    for u, i, r in train:
-        by_user.setdefault(u, []).append(r)
-        by_item.setdefault(i, []).append(r)
-    user_mean = {u: float(np.mean(rs)) for u, rs in by_user.items()}
-    item_mean = {i: float(np.mean(rs)) for i, rs in by_item.items()}
-    b_i = {i: float(np.sum(np.asarray(rs) - mu)) / (KOREN_LAMBDA_ITEM + len(rs)) for i, rs in by_item.items()}
-    resid: dict[str, list[float]] = {}
-    for u, i, r in train:
-        resid.setdefault(u, []).append(r - mu - b_i[i])
-    b_u = {u: float(np.sum(rs)) / (KOREN_LAMBDA_USER + len(rs)) for u, rs in resid.items()}
-    predictors = {
-        "global_mean": (lambda u, i: mu, "mu = mean of all training ratings"),
-        "user_mean": (lambda u, i: user_mean.get(u, mu), "user's mean training rating, else mu"),
-        "item_mean": (lambda u, i: item_mean.get(i, mu), "item's mean training rating, else mu"),
-        "bias_koren": (lambda u, i: mu + b_u.get(u, 0.0) + b_i.get(i, 0.0),
-                       f"mu + b_u + b_i, lambda_item {KOREN_LAMBDA_ITEM:g}, lambda_user {KOREN_LAMBDA_USER:g}"),
+    mu = sum(r for *_, r in train) / len(train)
+    rules = {
+        "global_mean": ("global_mean", "mu = mean of all training ratings"),
+        "user_mean": ("user_mean", "user's mean training rating, else mu"),
+        "item_mean": ("item_mean", "item's mean training rating, else mu"),
+        "bias_koren": ("user_item_bias", f"mu + b_u + b_i, lambda_item {KOREN_LAMBDA_ITEM:g}, "
+                                         f"lambda_user {KOREN_LAMBDA_USER:g}"),
     }
     targets = {"valid": [(u, s[1], s[3]) for u, s in split.items()],
                "test": [(u, s[2], s[4]) for u, s in split.items()]}
-    cold = {phase: sum(i not in by_item for _, i, _ in rows) for phase, rows in targets.items()}
+    predictions = {phase: baselines.predict_rating_baselines(
+        train, [(u, i) for u, i, _ in rows], item_shrinkage=KOREN_LAMBDA_ITEM, user_shrinkage=KOREN_LAMBDA_USER)
+        for phase, rows in targets.items()}
+    trained_items = {i for _, i, _ in train}
+    cold = {phase: sum(i not in trained_items for _, i, _ in rows) for phase, rows in targets.items()}
     out = []
-    for name, (predict, rule) in predictors.items():
+    for name, (key, rule) in rules.items():
         entry = {"task": "rating", "dataset": ds, "model": name, "status": "ok", "rule": rule + "; clipped to [1, 5]"}
         for phase, rows in targets.items():
-            entry[phase] = mae_rmse([predict(u, i) for u, i, _ in rows], [r for *_, r in rows])
+            entry[phase] = mae_rmse(predictions[phase][key], [r for *_, r in rows])
         entry.update(mu=mu, n_train_ratings=len(train), n_users=len(users), cold_items=cold)
         out.append(entry)
     return out
-
-
 
 
 def epoch_cap(caps: dict[str, int], model: str, ds: str) -> int:

@@ -2,7 +2,7 @@
 # Create the isolated RecBole 1.2.1 environment used by benchmarks/run_peers.py.
 #
 # RecBole 1.2.1 cannot share the project venv: it needs numpy<2, pandas<3, scipy<1.12 and
-# setuptools<81 (see /work/shared/reference/peer_protocol.md §1). torch goes in FIRST, pinned to
+# setuptools<81 (see the shared reference peer_protocol.md §1). torch goes in FIRST, pinned to
 # the local CPU build; an unpinned resolve pulls a multi-GB CUDA build.
 #
 # Idempotent: a stamp file records a finished install; rerunning is a no-op unless this script

@@ -43,7 +43,6 @@ class UniMPConfig(PreTrainedConfig):
     answer_token_id: int | None = None
     item_token_start_id: int | None = None  # `<item_0>`; items are one contiguous id range
     num_items: int = 0
-    image_tokenizer_name_or_path: str | None = None  # the VQ image tokenizer of the image-generation task
     tie_word_embeddings: bool = False  # the paper's GPT-NeoX LM has an untied head
 
     def __post_init__(self, **kwargs):

@@ -555,78 +555,11 @@ def convert_pixel_values_to_image(pixel_values: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
 
-def compute_psnr(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image.
-
-    PSNR = 10 * log10(data_range^2 / MSE), MSE = mean over (C, H, W) of (a - b)^2; +inf when a == b.
-    `data_range` is max - min of the pixel scale: 1.0 for [0, 1] images, 255 for uint8, 2.0 for [-1, 1]
-    (PSNR does not depend on the offset, only on the range).
-
-    Args:
-        a, b (`torch.Tensor` of shape `(B, C, H, W)` or `(C, H, W)`): the images to compare.
-
-    Returns:
-        `torch.Tensor` of shape `(B,)` (or `()` for unbatched input), in dB.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"compute_psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    mse = (a.double() - b.double()).pow(2).flatten(-3).mean(-1)
-    return 10 * torch.log10(data_range**2 / mse)  # mse = 0 gives +inf
-
-
-def compute_ssim(
-    a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5
-) -> torch.Tensor:
-    """Structural similarity per image (Wang et al., 2004), with a Gaussian window and 'valid' borders.
-
-    For each window position and channel, with Gaussian-weighted means mu, variances sigma^2 and
-    covariance sigma_ab:
-        SSIM = ((2 mu_a mu_b + C1) (2 sigma_ab + C2)) / ((mu_a^2 + mu_b^2 + C1) (sigma_a^2 + sigma_b^2 + C2)),
-    C1 = (0.01 * data_range)^2, C2 = (0.03 * data_range)^2; the result is the mean over positions and channels.
-    The window is 11 x 11 with sigma 1.5, as in the reference implementation. The luminance term depends
-    on the pixel offset, so pass images on the [0, data_range] scale (map [-1, 1] images with (x + 1) / 2).
-
-    Args:
-        a, b (`torch.Tensor` of shape `(B, C, H, W)` or `(C, H, W)`, H and W >= window_size).
-        data_range (`float`): max - min of the pixel scale (1.0 for [0, 1] images).
-
-    Returns:
-        `torch.Tensor` of shape `(B,)` (or `()` for unbatched input), 1.0 for identical images.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"compute_ssim needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    unbatched = a.ndim == 3
-    if unbatched:
-        a, b = a[None], b[None]
-    if a.ndim != 4 or min(a.shape[-2:]) < window_size:
-        raise ValueError(f"compute_ssim needs (B, C, H, W) with H, W >= {window_size}, got {tuple(a.shape)}")
-    a, b = a.double(), b.double()
-    channels = a.shape[1]
-    offsets = torch.arange(window_size, dtype=torch.float64, device=a.device) - (window_size - 1) / 2
-    gauss = torch.exp(-(offsets**2) / (2 * sigma**2))
-    gauss = gauss / gauss.sum()
-    window = (gauss[:, None] * gauss[None, :]).expand(channels, 1, window_size, window_size)  # depthwise
-
-    def filter_(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, groups=channels)  # (B, C, H - ws + 1, W - ws + 1)
-
-    mu_a, mu_b = filter_(a), filter_(b)
-    var_a = filter_(a * a) - mu_a**2
-    var_b = filter_(b * b) - mu_b**2
-    cov = filter_(a * b) - mu_a * mu_b
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    ssim = ssim_map.flatten(1).mean(1)  # (B,)
-    return ssim[0] if unbatched else ssim
-
-
 __all__ = [
     "UniMPImageTokenizerConfig",
     "UniMPImageTokenizerOutput",
     "UniMPImageTokenizerPreTrainedModel",
     "UniMPImageTokenizer",
-    "compute_psnr",
-    "compute_ssim",
     "convert_image_to_pixel_values",
     "convert_pixel_values_to_image",
 ]

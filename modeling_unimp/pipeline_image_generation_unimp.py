@@ -5,19 +5,18 @@ the user wants, generated as one grid of `<img_c>` code tokens and decoded by th
 Checkpoint file: imports torch, transformers, PIL and same-folder modules only.
 """
 
-import io
 import os
 import warnings
 from collections.abc import Mapping
 
 import torch
-from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 
 from .image_tokenizer_unimp import UniMPImageTokenizer
+from .image_utils import load_image
 from .pipeline_unimp import _as_records, _history_window  # one input convention for both UniMP pipelines
 
-DEFAULT_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history length (§2.2: 2 for img_gen)
+DEFAULT_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history (§2.2: 2 for img_gen); the recipe's default
 DEFAULT_BATCH_SIZE = 16
 # The evaluation prompt never shows the target, but the template needs a well-formed one to render.
 _PLACEHOLDER_TARGET = {"item_id": None, "title": "", "attributes": [], "image": None, "image_codes": [0]}
@@ -88,7 +87,7 @@ class UniMPImageGenerationPipeline(Pipeline):
 
     Decoding is constrained by `UniMPImageCodeLogitsProcessor`: exactly one full code grid, then EOS; greedy by
     default (reference §4.5), `do_sample=True` samples. The codes are decoded by the image tokenizer recorded in
-    `config.image_tokenizer_name_or_path` (a path, or a subfolder of the checkpoint) or passed as `image_tokenizer=`.
+    `processor.vq_model_name_or_path` (a path, or a subfolder of the checkpoint) or passed as `image_tokenizer=`.
 
     Returns a `PIL.Image` of `output_size` (default: the image tokenizer's resolution) per input; with
     `return_codes=True` a dict `{"image", "codes": list[int] (S,), "code_string"}` instead.
@@ -129,9 +128,9 @@ class UniMPImageGenerationPipeline(Pipeline):
     def _load_image_tokenizer(self, image_tokenizer) -> UniMPImageTokenizer:
         if isinstance(image_tokenizer, UniMPImageTokenizer):
             return image_tokenizer
-        name = image_tokenizer or getattr(self.model.config, "image_tokenizer_name_or_path", None)
+        name = image_tokenizer or self.processor.vq_model_name_or_path
         if not name:
-            raise ValueError("no image tokenizer: pass image_tokenizer=... or set config.image_tokenizer_name_or_path")
+            raise ValueError("no image tokenizer: pass image_tokenizer=... or set processor.vq_model_name_or_path")
         if os.path.isdir(name):
             return UniMPImageTokenizer.from_pretrained(name)
         checkpoint = getattr(self.model, "name_or_path", None) or ""
@@ -293,7 +292,13 @@ class UniMPImageGenerationPipeline(Pipeline):
                 if item.get("image") is None:
                     item["image"] = self.processor.item_images[index]
         item["attributes"] = [("Title", item.get("title"))]  # the imggen chunk shows only the title (§2.2 vi)
-        item["image"] = _load_image(item.get("image"), where)
+        source = item.get("image")
+        try:
+            item["image"] = load_image(source)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if item["image"] is None and source is not None:
+            warnings.warn(f"{where}: the image could not be decoded; the item is used without it")
         codes = item.get("image_codes")
         if codes is not None:
             item["image_codes"] = _parse_codes(codes, self.image_tokenizer, where)
@@ -319,25 +324,6 @@ def _parse_codes(codes, image_tokenizer: UniMPImageTokenizer, where: str) -> lis
         return codes.tolist()
     except ValueError as error:
         raise ValueError(f"{where}: invalid image_codes: {error}") from None
-
-
-def _load_image(image, where: str) -> Image.Image | None:
-    """A PIL image, a path, bytes or a datasets.Image dict -> an RGB PIL image; None when absent or unreadable."""
-    if image is None:
-        return None
-    if isinstance(image, Mapping):  # an undecoded datasets.Image cell
-        image = image.get("path") or image.get("bytes")
-    try:
-        if isinstance(image, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(image))
-        elif isinstance(image, (str, os.PathLike)):
-            image = Image.open(image)
-        elif not isinstance(image, Image.Image):
-            raise ValueError(f"{where}: `image` must be a PIL image, a file path or None, got {type(image).__name__}")
-        return image.convert("RGB")
-    except OSError:
-        warnings.warn(f"{where}: the image could not be decoded; the item is used without it")
-        return None
 
 
 __all__ = ["UniMPImageCodeLogitsProcessor", "UniMPImageGenerationPipeline"]

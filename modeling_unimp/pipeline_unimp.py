@@ -13,12 +13,12 @@ from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 from transformers.utils import logging
 
 from .prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS
+from .prompt_templates import TASKS as TEMPLATE_TASKS
 
 logger = logging.get_logger(__name__)
 
-TASKS = ("rec", "search", "exp", "select")
+TASKS = tuple(task for task in TEMPLATE_TASKS if task != "imggen")  # imggen has its own pipeline
 METHODS = ("exact", "beam")
-DEFAULT_MAX_HISTORY_ITEMS = 10  # used when the processor does not record its training window (max_history_items)
 DEFAULT_BATCH_SIZE = 16
 # Beam widths and lengths of the reference's evaluation scripts (reference §4.1, §4.3, §4.4).
 DEFAULT_NUM_BEAMS = {"rec": 10, "search": 10, "exp": 5, "select": 2}
@@ -32,7 +32,7 @@ def _history_window(max_history_items: int) -> int:
     return max_history_items
 
 
-class _UniMPAllowedTokens(LogitsProcessor):
+class UniMPAllowedTokens(LogitsProcessor):
     """Keep only allowed tokens: `first` (B, V) for the first generated token, `later` (B, V) or None afterwards;
     with `no_repeat`, a token of `first` is allowed once per answer (selection slots).
 
@@ -55,6 +55,51 @@ class _UniMPAllowedTokens(LogitsProcessor):
         return scores.masked_fill(~allowed, float("-inf"))
 
 
+def answer_end_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a generated answer: EOS and `<|endofchunk|>` (the `eos_token_id` of every UniMP answer)."""
+    return [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)]
+
+
+def generate_rating_answers(model, tokenizer, inputs: Mapping, *, num_beams: int = DEFAULT_NUM_BEAMS["exp"],
+                            max_new_tokens: int = DEFAULT_EXP_MAX_NEW_TOKENS, **generate_kwargs):
+    """`model.generate` for exp prompts (ending at `<answer>`): the first new token is constrained to a rating token
+    `rate_1..rate_5` (reference §4.4 reads the first word as the rating; the constraint removes the official code's
+    "unparsable -> 3.0" case), then free text up to `<|endofchunk|>`/EOS, without sampling.
+
+    Args:
+        model: a `UniMPForConditionalGeneration`.
+        tokenizer: the processor's tokenizer.
+        inputs: the processor's left-padded batch, `input_ids` (B, T).
+        num_beams, max_new_tokens: decoding settings (the pipeline's defaults: the reference's 5 beams, 64 tokens).
+        generate_kwargs: more `generate` arguments (e.g. `output_logits=True, return_dict_in_generate=True`).
+
+    Returns: what `model.generate` returns; new tokens start at position T.
+    """
+    batch, prompt_length = inputs["input_ids"].shape
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    first = torch.zeros(batch, vocab_size, dtype=torch.bool)
+    first[:, tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))] = True
+    allowed = UniMPAllowedTokens(first, None, prompt_length)
+    return model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), do_sample=False,
+                          num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=answer_end_token_ids(tokenizer), **generate_kwargs)
+
+
+def _cut_at_answer_end(tokenizer, token_ids: Sequence[int]) -> list[int]:
+    end_ids = {*answer_end_token_ids(tokenizer), tokenizer.pad_token_id}
+    return list(token_ids[: next((n for n, token in enumerate(token_ids) if token in end_ids), len(token_ids))])
+
+
+def decode_rating_answer(tokenizer, token_ids: Sequence[int]) -> dict:
+    """A generated exp answer (new tokens only) -> `{"rating": 1-5 or None, "explanation", "generated_text"}`;
+    decoding stops at the first EOS, `<|endofchunk|>` or padding."""
+    token_ids = _cut_at_answer_end(tokenizer, token_ids)
+    tokens = tokenizer.convert_ids_to_tokens(token_ids)
+    rating = RATING_TOKENS.index(tokens[0]) + 1 if tokens and tokens[0] in RATING_TOKENS else None
+    return {"rating": rating, "explanation": tokenizer.decode(token_ids[1:], skip_special_tokens=True).strip(),
+            "generated_text": tokenizer.decode(token_ids, skip_special_tokens=True).strip()}
+
+
 class UniMPRecommendPipeline(Pipeline):
     r"""Recommend catalogue items from a user's history with a UniMP checkpoint and its `UniMPProcessor`.
 
@@ -63,7 +108,7 @@ class UniMPRecommendPipeline(Pipeline):
     are expanded from the processor's catalogue (its stored attributes, else a `Title`, and the catalogue
     image), or from `items` (item_id -> item dict, e.g.
     `processing.task_records.items_by_id(dataset["items"])`) to render exactly the training-time attributes.
-    Only the last `max_history_items` items are shown to the model.
+    Only the last `max_history_items` items are shown to the model (default: `processor.max_history_items`).
 
     Tasks (`task=`, or a `"task"` key per record `{"history": [...], "task", "query", "target", "candidates"}`):
     - "rec" (default): the next item; `[{"item_id", "score", "title", "image"}]`, best first. `method="exact"`
@@ -185,7 +230,7 @@ class UniMPRecommendPipeline(Pipeline):
                 histories/records (a batch).
             batch_size: records per forward pass (default 16, or the pipeline's `batch_size`).
             kwargs: `task`, `query`, `target`, `candidates` (defaults for every record), `top_k` (10),
-                `method` ("exact" | "beam"), `max_history_items` (the processor's training window, else 10),
+                `method` ("exact" | "beam"), `max_history_items` (default: the processor's, the training window),
                 `exclude_history` (False: seen items stay rankable, the sequential convention), `num_beams`,
                 `max_new_tokens`, `items`, `image_root`.
         Returns: one result for one history, a list of results for a batch (see the class docstring).
@@ -214,8 +259,7 @@ class UniMPRecommendPipeline(Pipeline):
                    image_root: str | None = None) -> dict:
         """Records of one task -> the processor's left-padded batch plus what decoding needs."""
         task = records[0]["task"]
-        max_history_items = (max_history_items or getattr(self.processor, "max_history_items", None)
-                             or DEFAULT_MAX_HISTORY_ITEMS)
+        max_history_items = max_history_items or self.processor.max_history_items  # the training window
         prompts, history_indices, candidate_ids = [], [], []
         for row, record in enumerate(records):
             where = f"input {row}" if len(records) > 1 else "input"
@@ -262,9 +306,15 @@ class UniMPRecommendPipeline(Pipeline):
             outputs["item_logits"] = self.model.score_items(**inputs)  # (B, num_items), one forward pass
             return outputs
         batch, prompt_length = inputs["input_ids"].shape
-        vocab_size = self.model.get_output_embeddings().weight.shape[0]
         tokenizer = self.processor.tokenizer
-        end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)]
+        if task == "exp":  # the answer starts with its rating token (reference §4.4), then free text
+            generated = generate_rating_answers(self.model, tokenizer, inputs,
+                                                num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
+                                                max_new_tokens=max_new_tokens or DEFAULT_EXP_MAX_NEW_TOKENS)
+            outputs["generated_ids"] = generated[:, prompt_length:]
+            return outputs
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        end_ids = answer_end_token_ids(tokenizer)
         first = torch.zeros(batch, vocab_size, dtype=torch.bool)
         later = None
         generate_kwargs = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": end_ids}
@@ -278,10 +328,6 @@ class UniMPRecommendPipeline(Pipeline):
             generate_kwargs.update(num_beams=max(num_beams or DEFAULT_NUM_BEAMS[task], num_return),
                                    num_return_sequences=num_return, max_new_tokens=1, output_logits=True,
                                    return_dict_in_generate=True)
-        elif task == "exp":  # the answer starts with its rating token (reference §4.4), then free text
-            first[:, tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))] = True
-            generate_kwargs.update(num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
-                                   max_new_tokens=max_new_tokens or DEFAULT_EXP_MAX_NEW_TOKENS)
         else:  # select: slot tokens of the row's candidates, at least one, then the end of the answer
             for row, candidates in enumerate(model_inputs["candidate_ids"]):
                 first[row, tokenizer.convert_tokens_to_ids(list(SELECTION_TOKENS[: len(candidates)]))] = True
@@ -289,7 +335,7 @@ class UniMPRecommendPipeline(Pipeline):
             later[:, end_ids] = True
             generate_kwargs.update(num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
                                    max_new_tokens=max_new_tokens or len(SELECTION_TOKENS) + 1)
-        allowed = _UniMPAllowedTokens(first, later, prompt_length, no_repeat=task == "select")
+        allowed = UniMPAllowedTokens(first, later, prompt_length, no_repeat=task == "select")
         generated = self.model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), **generate_kwargs)
         if task in ("rec", "search"):
             outputs["beam_tokens"] = generated.sequences[:, -1].view(batch, -1)  # (B, k), best first
@@ -305,23 +351,15 @@ class UniMPRecommendPipeline(Pipeline):
         if task in ("rec", "search"):
             return self._rank(model_outputs, top_k, exclude_history, image_root)
         tokenizer = self.processor.tokenizer
+        if task == "exp":
+            return [decode_rating_answer(tokenizer, token_ids) for token_ids in model_outputs["generated_ids"].tolist()]
         results = []
         for row, token_ids in enumerate(model_outputs["generated_ids"].tolist()):
-            end_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id,
-                       tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)}
-            cut = next((n for n, token in enumerate(token_ids) if token in end_ids), len(token_ids))
-            token_ids = token_ids[:cut]
-            text = tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-            tokens = tokenizer.convert_ids_to_tokens(token_ids)
-            if task == "exp":
-                rating = RATING_TOKENS.index(tokens[0]) + 1 if tokens and tokens[0] in RATING_TOKENS else None
-                explanation = tokenizer.decode(token_ids[1:], skip_special_tokens=True).strip()
-                results.append({"rating": rating, "explanation": explanation, "generated_text": text})
-            else:
-                candidates = model_outputs["candidate_ids"][row]
-                slots = sorted({SELECTION_TOKENS.index(t) for t in tokens if t in SELECTION_TOKENS[: len(candidates)]})
-                text = " ".join(tokens)  # slot tokens only (constrained), spaced as in the template's answers
-                results.append({"slots": slots, "item_ids": [candidates[s] for s in slots], "generated_text": text})
+            tokens = tokenizer.convert_ids_to_tokens(_cut_at_answer_end(tokenizer, token_ids))
+            candidates = model_outputs["candidate_ids"][row]
+            slots = sorted({SELECTION_TOKENS.index(t) for t in tokens if t in SELECTION_TOKENS[: len(candidates)]})
+            text = " ".join(tokens)  # slot tokens only (constrained), spaced as in the template's answers
+            results.append({"slots": slots, "item_ids": [candidates[s] for s in slots], "generated_text": text})
         return results
 
     # ------------------------------------------------------------------ helpers
@@ -438,4 +476,10 @@ def _with_defaults(record: dict, defaults: dict) -> dict:
     return record
 
 
-__all__ = ["UniMPRecommendPipeline"]
+__all__ = [
+    "UniMPAllowedTokens",
+    "UniMPRecommendPipeline",
+    "answer_end_token_ids",
+    "decode_rating_answer",
+    "generate_rating_answers",
+]

@@ -12,6 +12,7 @@ from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast, Process
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.tokenization_utils_base import AddedToken
 
+from .image_utils import load_image
 from .prompt_templates import (
     ANSWER_TOKEN,
     CONTEXT_ORDERS,
@@ -26,6 +27,7 @@ from .prompt_templates import (
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §1.2: CLIP normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_MAX_HISTORY_ITEMS = 10  # history items per prompt unless training sets another window
 _BOS_TOKEN, _PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
 
@@ -98,6 +100,7 @@ class UniMPProcessor(ProcessorMixin):
         context_order: str = "paper",
         content_history_items: int | None = None,
         max_history_items: int | None = None,
+        vq_model_name_or_path: str | None = None,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -109,8 +112,14 @@ class UniMPProcessor(ProcessorMixin):
             raise ValueError(f"content_history_items must be >= 0 or None, got {content_history_items}")
         # rec/search: only the last N history items show image + text, older ones are their token (None: all)
         self.content_history_items = None if content_history_items is None else int(content_history_items)
-        # the history window the model was trained with: the pipelines' default (None: theirs)
-        self.max_history_items = None if max_history_items is None else int(max_history_items)
+        # the history window (latest items) the model was trained with: the one source at inference (pipelines,
+        # recipes.evaluate); training sets it from UniMPTrainingArguments.max_history_items
+        self.max_history_items = DEFAULT_MAX_HISTORY_ITEMS if max_history_items is None else int(max_history_items)
+        if self.max_history_items < 1:
+            raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
+        # image generation: the VQ image tokenizer (UniMPImageTokenizer) that decodes `<img_c>` codes, a path or a
+        # subfolder of the checkpoint (a name without "tokenizer": ProcessorMixin would take it for a sub-processor)
+        self.vq_model_name_or_path = vq_model_name_or_path
         self.item_ids = list(item_ids or [])
         self.item_titles = list(item_titles) if item_titles is not None else [""] * len(self.item_ids)
         self.item_images = list(item_images) if item_images is not None else [None] * len(self.item_ids)
@@ -146,6 +155,7 @@ class UniMPProcessor(ProcessorMixin):
         num_image_code_tokens: int = 0,
         context_order: str = "paper",
         content_history_items: int | None = None,
+        max_history_items: int | None = None,
     ) -> "UniMPProcessor":
         """Add UniMP's tokens to `tokenizer` (reference §1.5) and build the processor.
 
@@ -156,8 +166,8 @@ class UniMPProcessor(ProcessorMixin):
         token directly follows `<answer>`; a code string `<img_3> <img_41>` is exactly two tokens.
         `context_order` ("paper" | "next_item", prompt_templates.CONTEXT_ORDERS) is the rec/search history layout
         the model trains with, and `content_history_items` how many of the latest history items show their
-        content (None: all; older ones are their item token alone); both are saved with the processor so that
-        prompts at inference match training.
+        content (None: all; older ones are their item token alone), and `max_history_items` the history window (None:
+        DEFAULT_MAX_HISTORY_ITEMS); all three are saved with the processor so that prompts at inference match training.
         """
         special = [IMAGE_TOKEN, END_OF_CHUNK_TOKEN, ANSWER_TOKEN]
         tokenizer.add_special_tokens(
@@ -186,6 +196,7 @@ class UniMPProcessor(ProcessorMixin):
             num_image_code_tokens=num_image_code_tokens,
             context_order=context_order,
             content_history_items=content_history_items,
+            max_history_items=max_history_items,
         )
 
     @property
@@ -360,7 +371,7 @@ class UniMPProcessor(ProcessorMixin):
         undecodable = 0
         for row, row_images in enumerate(images):
             for slot, image in enumerate(row_images):
-                picture = self._load_image(image)
+                picture = load_image(image)
                 if picture is None:
                     undecodable += image is not None
                     continue
@@ -374,23 +385,6 @@ class UniMPProcessor(ProcessorMixin):
         image_attention_mask = (image_index.unsqueeze(-1) == slots) & present.unsqueeze(1)  # (B, T, N)
         return {"pixel_values": pixel_values, "image_attention_mask": image_attention_mask}
 
-    @staticmethod
-    def _load_image(image) -> Image.Image | None:
-        if image is None:
-            return None
-        if isinstance(image, dict):  # a datasets.Image() cell that was not decoded
-            image = image.get("path") or image.get("bytes")
-        try:
-            if isinstance(image, (bytes, bytearray)):
-                import io
-
-                image = Image.open(io.BytesIO(image))
-            elif not isinstance(image, Image.Image):
-                image = Image.open(image)
-            return image.convert("RGB")
-        except (OSError, ValueError):
-            return None
-
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
@@ -402,4 +396,4 @@ class UniMPProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_attention_mask"]
 
 
-__all__ = ["UniMPProcessor", "make_image_processor", "train_catalogue_tokenizer"]
+__all__ = ["DEFAULT_MAX_HISTORY_ITEMS", "UniMPProcessor", "make_image_processor", "train_catalogue_tokenizer"]

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .modeling_unimp import IGNORE_INDEX
+from .prompt_templates import DEFAULT_TASK_WEIGHTS
 
 # Which submodules train in each stage (reference §1.6; STYLE.md §8.4: freezing is a recipe step).
 TRAINABLE_MODULES = {
@@ -122,11 +123,15 @@ class UniMPTrainingArguments(TrainingArguments):
         metadata={"help": "Weight of history-item answers (context reconstruction, §3.2); 0 is the ablation."},
     )
     task_weights: dict = field(
-        default_factory=lambda: {"rec": 2.0, "exp": 1.0, "select": 1.0, "search": 1.0, "imggen": 1.0},
+        default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS),
         metadata={"help": "Per-task weight λ_a (§3.4): λ_rec = 2, others 1."},
     )
     trainable_stage: str = field(default="full", metadata={"help": "paper | full | lora (§1.6)."})
-    max_history_items: int = field(default=10, metadata={"help": "History budget; older items are dropped."})
+    max_history_items: int | None = field(
+        default=None,
+        metadata={"help": "History window (latest items); saved with the processor, which every inference path reads. "
+                          "None keeps the processor's (a checkpoint's own, else 10)."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "token_weights must reach compute_loss."})
 
 
@@ -143,6 +148,9 @@ class UniMPTrainer(Trainer):
 
     def __init__(self, *args, evaluation_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if not isinstance(self.args, UniMPTrainingArguments):  # plain TrainingArguments have no focal_gamma
+            raise TypeError(f"UniMPTrainer needs UniMPTrainingArguments (focal_gamma, context_weight, task_weights), "
+                            f"got {type(self.args).__name__}; pass args=UniMPTrainingArguments(...)")
         self.evaluation_fn = evaluation_fn
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -170,9 +178,8 @@ class UniMPTrainer(Trainer):
         outputs = model(**inputs, use_cache=False, logits_to_keep=supervised)
         next_labels = labels[:, 1:][supervised[:, :-1]].unsqueeze(0)  # (1, n), aligned with logits (n, V)
         weights = token_weights[:, 1:][supervised[:, :-1]].unsqueeze(0) if token_weights is not None else None
-        gamma = getattr(self.args, "focal_gamma", 0.0)
         loss = focal_token_loss(
-            outputs.logits.unsqueeze(0), next_labels, weights, gamma, num_items_in_batch, shift=False
+            outputs.logits.unsqueeze(0), next_labels, weights, self.args.focal_gamma, num_items_in_batch, shift=False
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; n already spans all ranks

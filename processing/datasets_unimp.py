@@ -74,13 +74,16 @@ class _Interaction(NamedTuple):
 
 
 def default_data_dir() -> Path:
-    """The raw-data folder: `$UNIMP_DATA_DIR`, else `<repo>/../shared/data`.
+    """The raw-data folder: `$UNIMP_DATA_DIR`, else `../shared/data` relative to the current working directory.
+
+    The fallback is the layout of a checkout next to `shared/` when run from the repository root; an installed
+    package has no repository, so set `UNIMP_DATA_DIR` (the Makefile does) anywhere else. Every caller that takes a
+    `data_dir` falls back to this function.
 
     Returns:
         the folder path (not checked for existence).
     """
-    env = os.environ.get("UNIMP_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(os.environ.get("UNIMP_DATA_DIR") or Path("..") / "shared" / "data")
 
 
 def _dataset_folder(data_dir: str | os.PathLike | None, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""UniMP evaluation: answer parsing, HR/NDCG/MRR@k, MAE/RMSE, selection P/R/F1 and text metrics.
+"""UniMP evaluation: HR/NDCG/MRR@k, MAE/RMSE, selection P/R/F1 and text metrics.
 
 Protocol and formulas: reference unimp_method.md §4 and peer_protocol.md §3 (RecBole full ranking).
 """
@@ -7,92 +7,12 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 DEFAULT_KS = (3, 5, 10, 20)  # peer_protocol.md §3 topk; the poster reports @3 and @5 (reference §4.1)
-DEFAULT_RATING = 3.0  # unparsable rating answers count as 3.0, as in eval_exp.py (reference §4.4)
 EMPTY_EXPLANATION = "Empty"  # stands in for an empty generated explanation (reference §4.4)
-METRIC_NAMES = ("unimp_ranking", "unimp_rating", "unimp_selection", "unimp_text")
-# one `evaluate` module for all four; its config_name is the METRIC_NAMES entry without "unimp_"
-_METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "unimp"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Parsing generations (reference §4: decode with skip_special_tokens, keep the text after the last "?")
-# ---------------------------------------------------------------------------------------------------
-
-
-def extract_answer(text: str) -> str:
-    """Return the generated answer: the text after the last "?" (the instruction's), stripped (reference §4).
-
-    Args:
-        text (`str`): a decoded prompt + continuation.
-
-    Returns:
-        `str`: the answer; the whole stripped text when it has no "?".
-    """
-    return text.split("?")[-1].strip()
-
-
-def parse_rating(text: str, default: float = DEFAULT_RATING) -> float:
-    """Parse a `rate_X` answer into the rating X; `default` when it cannot be parsed (reference §4.4).
-
-    Same rule as the official `eval_exp.py`: X = float(first whitespace word's part after its last "_"),
-    so `"rate_4 great soap"` gives 4.0 and `"4"` gives 4.0. An empty answer, a word that is no number,
-    or a non-finite number (`"rate_nan"`, which the official code would keep) gives `default`.
-
-    Args:
-        text (`str`): the answer, i.e. the text after the last "?" (see `extract_answer`).
-        default (`float`): the rating for unparsable answers.
-
-    Returns:
-        `float`: the rating.
-    """
-    words = text.split()
-    if not words:
-        return float(default)
-    try:
-        rating = float(words[0].split("_")[-1])
-    except ValueError:
-        return float(default)
-    return rating if math.isfinite(rating) else float(default)
-
-
-def parse_ratings(texts: Iterable[str], default: float = DEFAULT_RATING) -> tuple[list[float], int]:
-    """Parse many rating answers with `parse_rating` and count the unparsable ones (reference §4.4).
-
-    Args:
-        texts (`Iterable[str]`): answers.
-        default (`float`): the rating for unparsable answers.
-
-    Returns:
-        `tuple[list[float], int]`: the ratings, and how many answers fell back to `default`.
-    """
-    ratings, num_unparsable = [], 0
-    for text in texts:
-        # NaN sentinel: tells "fell back" apart from an answer that really says rate_3.
-        rating = parse_rating(text, default=math.nan)
-        if math.isnan(rating):
-            num_unparsable += 1
-            rating = float(default)
-        ratings.append(rating)
-    return ratings, num_unparsable
-
-
-def parse_explanation(text: str, empty: str = EMPTY_EXPLANATION) -> str:
-    """Return the explanation of a `rate_X <explanation>` answer: every word after the first (reference §4.4).
-
-    Args:
-        text (`str`): the answer (see `extract_answer`).
-        empty (`str`): what an empty explanation becomes; the official code scores `"Empty"`.
-
-    Returns:
-        `str`: the words after the first, joined by single spaces, or `empty`.
-    """
-    return " ".join(text.split()[1:]) or empty
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,42 +348,14 @@ def compute_text_metrics(
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_metric(name: str, **kwargs):
-    """Load one of the bundled `evaluate` metrics offline.
-
-    All four are configurations of the single module `processing/metrics/unimp/unimp.py`, so this is
-    `evaluate.load("processing/metrics/unimp", config_name=name.removeprefix("unimp_"))`, which also works
-    without this helper (and in a process that never imported `processing`).
-
-    Args:
-        name (`str`): one of `METRIC_NAMES`.
-        **kwargs: passed to `evaluate.load` (e.g. `experiment_id`, `keep_in_memory`).
-
-    Returns:
-        `evaluate.EvaluationModule` whose `compute` delegates to the functions of this file.
-    """
-    if name not in METRIC_NAMES:
-        raise ValueError(f"name must be one of {METRIC_NAMES}, got {name!r}")
-    import evaluate  # about 5 s to import, so only callers of the wrappers pay for it
-
-    return evaluate.load(str(_METRIC_MODULE), config_name=name.removeprefix("unimp_"), **kwargs)
-
-
 __all__ = [
     "DEFAULT_KS",
-    "DEFAULT_RATING",
     "EMPTY_EXPLANATION",
-    "METRIC_NAMES",
     "compute_ranking_metrics",
     "compute_ranking_metrics_from_ranks",
     "compute_rating_metrics",
     "compute_selection_metrics",
     "compute_text_metrics",
     "compute_unigram_precision",
-    "extract_answer",
-    "load_metric",
-    "parse_explanation",
-    "parse_rating",
-    "parse_ratings",
     "rank_of_targets",
 ]

@@ -8,23 +8,34 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from transformers import HfArgumentParser, TrainerCallback
 
 from modeling_unimp import UniMPProcessor, train_catalogue_tokenizer
-from modeling_unimp.prompt_templates import build_item_index, render_item_text, render_record
+from modeling_unimp.image_utils import load_image
+from modeling_unimp.prompt_templates import (
+    CANDIDATES_PREFIX,
+    EXP_INSTRUCTION,
+    HISTORY_PREFIX,
+    QUERY_PREFIX,
+    REC_INSTRUCTION,
+    SEARCH_INSTRUCTION,
+    SELECT_INSTRUCTION,
+    UNKNOWN_VALUE,
+    build_item_index,
+    render_item_text,
+    render_record,
+)
 from processing.datasets_unimp import load_unimp_dataset
 from processing.task_records import build_task_records, items_by_id
 
 logger = logging.getLogger("unimp.recipes")
 
 # Words of the task templates, so the tiny tokenizer learns them as whole tokens (reference §2.2).
-_TEMPLATE_TEXT = (
-    "What is the next item recommended to the user? What is the rating and explanation for the item? "
-    "Can you select the suitable item from above for the user? User history: Select from: Selection "
-    "What is the related item ID to the query based on the history? Query: Unknown"
-)
+TEMPLATE_TEXT = (f"{REC_INSTRUCTION} {EXP_INSTRUCTION} {SELECT_INSTRUCTION} {HISTORY_PREFIX} {CANDIDATES_PREFIX} "
+                 f"Selection {SEARCH_INSTRUCTION} {QUERY_PREFIX} {UNKNOWN_VALUE}")
 
 
 @dataclass
@@ -33,11 +44,11 @@ class RecipeArguments:
 
     # Data
     dataset: str = field(default="ml-100k-posters", metadata={"help": "A builder name (processing.datasets_unimp)."})
-    data_dir: str | None = field(default=None, metadata={"help": "Defaults to $UNIMP_DATA_DIR or ../shared/data."})
+    data_dir: str | None = field(default=None, metadata={"help": "Raw-data folder; default default_data_dir()."})
     protocol: str = field(default="leave_one_out", metadata={"help": "leave_one_out | user_disjoint (§5.1)."})
     tasks: list[str] = field(default_factory=lambda: ["rec"], metadata={"help": "Tasks mixed in training."})
     num_windows_per_user: int = field(default=8, metadata={"help": "Training windows drawn per user and task."})
-    max_train_users: int | None = field(default=None, metadata={"help": "Subsample users (quick runs)."})
+    max_train_users: int | None = field(default=None, metadata={"help": "Train on the first N users (quick runs)."})
     max_eval_users: int | None = field(default=None, metadata={"help": "Subsample validation users during training."})
     max_test_users: int | None = field(default=None, metadata={"help": "Subsample test users (smoke runs only)."})
     max_train_seconds: float | None = field(
@@ -67,17 +78,13 @@ class RecipeArguments:
     eval_ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata={"help": "Cut-offs for HR/NDCG/MRR."})
 
 
-def data_dir(recipe: RecipeArguments) -> str | None:
-    return recipe.data_dir or os.environ.get("UNIMP_DATA_DIR")
-
-
 def load_dataset_dict(recipe: RecipeArguments):
-    """The builder's DatasetDict (user splits + "items"), optionally with fewer users for quick runs."""
-    dataset_dict = load_unimp_dataset(recipe.dataset, data_dir(recipe), protocol=recipe.protocol)
+    """The builder's DatasetDict (user splits + "items"), optionally with fewer training users for quick runs
+    (evaluation has its own caps, `max_eval_users` and `max_test_users`)."""
+    dataset_dict = load_unimp_dataset(recipe.dataset, recipe.data_dir, protocol=recipe.protocol)
     if recipe.max_train_users:
-        for split in ("train", "validation", "test"):
-            rows = dataset_dict[split]
-            dataset_dict[split] = rows.select(range(min(recipe.max_train_users, len(rows))))
+        rows = dataset_dict["train"]
+        dataset_dict["train"] = rows.select(range(min(recipe.max_train_users, len(rows))))
     return dataset_dict
 
 
@@ -89,7 +96,7 @@ def build_processor(dataset_dict, recipe: RecipeArguments, image_size: int, toke
     """
     items = items_by_id(dataset_dict["items"])
     if tokenizer is None:
-        corpus = [render_item_text(item["attributes"]) for item in items.values()] + [_TEMPLATE_TEXT] * 20
+        corpus = [render_item_text(item["attributes"]) for item in items.values()] + [TEMPLATE_TEXT] * 20
         tokenizer = train_catalogue_tokenizer(corpus, vocab_size=recipe.tokenizer_vocab_size)
     return UniMPProcessor.from_catalogue(
         tokenizer,
@@ -144,14 +151,21 @@ class ImageCache:
     def __call__(self, image):
         if image is None or isinstance(image, Image.Image):
             return image
-        if image not in self._images:
-            try:
-                with Image.open(image) as picture:
-                    size = (self.image_size, self.image_size)
-                    self._images[image] = picture.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-            except OSError:
-                self._images[image] = None  # the processor then treats the item as image-less
+        if image not in self._images:  # None when it does not decode: the processor treats the item as image-less
+            self._images[image] = load_image(image, self.image_size)
         return self._images[image]
+
+
+def load_pixel_array(path: str | Path, size: int, *, draft: bool = False) -> np.ndarray:
+    """(size, size, 3) uint8 pixels of an image file that must decode (`modeling_unimp.image_utils.load_image`).
+
+    Raises:
+        OSError: the file does not decode.
+    """
+    image = load_image(path, size, draft=draft)
+    if image is None:
+        raise OSError(f"image {path} does not decode")
+    return np.asarray(image, dtype=np.uint8)
 
 
 def render_examples(
@@ -161,7 +175,6 @@ def render_examples(
     tasks: list[str],
     split: str,
     task_weights: dict,
-    max_history_items: int,
     num_windows_per_user: int | None = None,
     seed: int = 0,
     images: ImageCache | None = None,
@@ -169,7 +182,8 @@ def render_examples(
     use_images: bool = True,
     use_text_attributes: bool = True,
 ) -> list[dict]:
-    """Task records of `split`, rendered (training or evaluation form) with their images resolved.
+    """Task records of `split`, rendered (training or evaluation form) with their images resolved; histories hold
+    the latest `processor.max_history_items` items.
 
     Evaluation prompts keep the `<answer>` marker on history labels, as in training (the official code drops it
     at test time, reference §8.7: a train/test mismatch we do not copy). Each example also carries `task`,
@@ -179,7 +193,7 @@ def render_examples(
     item_index = build_item_index(processor.item_ids)
     examples = []
     for task in tasks:
-        kwargs = {"max_history_items": max_history_items, "seed": seed}
+        kwargs = {"max_history_items": processor.max_history_items, "seed": seed}
         if split == "train" and task != "select":
             kwargs["num_windows_per_user"] = num_windows_per_user
         records = build_task_records(dataset_dict, task, split, **kwargs)
@@ -307,16 +321,18 @@ def write_training_curve(log_history: list[dict], path: str | Path, *, metric: s
 
 
 def set_torch_threads() -> None:
-    """Use the machine's cores (2 here) for intra-op work; no data-loader workers (hf_stack_notes §8)."""
+    """Use every core for intra-op work; no data-loader workers (hf_stack_notes §8)."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 __all__ = [
+    "TEMPLATE_TEXT",
     "ImageCache",
     "RecipeArguments",
     "TimeBudgetCallback",
     "apply_history_layout",
     "build_processor",
+    "load_pixel_array",
     "parse_recipe_args",
     "load_dataset_dict",
     "render_examples",

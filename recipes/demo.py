@@ -4,13 +4,12 @@ compare with popularity, show one user's history and top-5 recommendations (text
 import sys
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
-from processing import UniMPDataCollator
+from processing.task_records import items_by_id
 
 from . import train
-from .common import ImageCache, load_dataset_dict, render_examples
+from .common import load_dataset_dict
 
 CONFIG = Path(__file__).parent / "configs" / "ml100k_tiny.yaml"
 POSTER = (96, 144)
@@ -27,16 +26,16 @@ def format_table(metrics: dict, k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def recommend_for_user(model, processor, dataset_dict, *, user_index: int, max_history_items: int, top_k: int = 5):
-    """One test user's rendered prompt, history items and top-k catalogue indices with scores."""
-    images = ImageCache(processor.image_processor.size["height"])
-    example = render_examples(dataset_dict, processor, tasks=["rec"], split="test", task_weights=None,
-                              max_history_items=max_history_items, images=images)[user_index]
-    batch = UniMPDataCollator(processor, for_generation=True)([example])
-    scores = model.score_items(**batch)[0]
-    top = torch.topk(scores, top_k)
+def recommend_for_user(model, processor, dataset_dict, *, user_index: int, top_k: int = 5) -> tuple[dict, list[dict]]:
+    """One test user's row and top-k recommendations, through the public inference path (`unimp-recommend`).
+
+    Returns: (the test row, [{"item_id", "score", "title", "image"}] best first; score = softmax over the catalogue).
+    """
+    from transformers import pipeline
+
     row = dataset_dict["test"][user_index]
-    return row, top.indices.tolist(), top.values.tolist()
+    recommend = pipeline("unimp-recommend", model=model, processor=processor, device="cpu")
+    return row, recommend(row["history_item_ids"], top_k=top_k, items=items_by_id(dataset_dict["items"]))
 
 
 def poster_sheet(history_paths, recommended_paths, target_path, path: Path) -> Path:
@@ -75,9 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = UniMPForConditionalGeneration.from_pretrained(training.output_dir).eval()
     processor = UniMPProcessor.from_pretrained(training.output_dir)
     dataset_dict = load_dataset_dict(recipe)
-    row, top, scores = recommend_for_user(model, processor, dataset_dict, user_index=0,
-                                          max_history_items=training.max_history_items)
-    window = row["history_item_ids"][-training.max_history_items:]
+    row, recommendations = recommend_for_user(model, processor, dataset_dict, user_index=0)
+    window = row["history_item_ids"][-processor.max_history_items:]
     history = window[-(processor.content_history_items or len(window)):]  # the items shown with poster + text
     titles = dict(zip(processor.item_ids, processor.item_titles))
     posters = dict(zip(processor.item_ids, processor.item_images))
@@ -86,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     for item_id in history:
         print(f"  - {titles[item_id]} (item {item_id})")
     print("Top-5 recommendations:")
-    recommended = [processor.item_ids[k] for k in top]
-    for rank, (item_id, score) in enumerate(zip(recommended, scores), start=1):
-        print(f"  {rank}. {titles[item_id]} (item {item_id}, score {score:.2f})")
+    recommended = [result["item_id"] for result in recommendations]
+    for rank, result in enumerate(recommendations, start=1):
+        print(f"  {rank}. {result['title']} (item {result['item_id']}, score {result['score']:.3f})")
     print(f"True next movie: {titles[row['target_item_id']]} (item {row['target_item_id']})")
     sheet = poster_sheet([posters[i] for i in history], [posters[i] for i in recommended],
                          posters[row["target_item_id"]], Path(training.output_dir) / "demo_user_posters.png")

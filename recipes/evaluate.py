@@ -10,13 +10,12 @@ Usage: python -m recipes.evaluate CHECKPOINT_DIR [--dataset ml-100k-posters] [--
 import argparse
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList
 
-from modeling_unimp.pipeline_unimp import END_OF_CHUNK_TOKEN, _UniMPAllowedTokens
+from modeling_unimp.pipeline_unimp import decode_rating_answer, generate_rating_answers
 from modeling_unimp.prompt_templates import RATING_TOKENS
 from processing import UniMPDataCollator
 from processing.metrics_unimp import (
@@ -26,6 +25,7 @@ from processing.metrics_unimp import (
     compute_text_metrics,
     rank_of_targets,
 )
+from processing.rating_baselines import predict_rating_baselines
 
 from .common import ImageCache, RecipeArguments, load_dataset_dict, render_examples, write_json
 
@@ -77,7 +77,6 @@ def evaluate_recommendation(
     dataset_dict,
     *,
     split: str,
-    max_history_items: int,
     ks=(5, 10, 20),
     batch_size: int = 32,
     max_users: int | None = None,
@@ -95,7 +94,7 @@ def evaluate_recommendation(
     if examples is None:  # pre-rendered examples (render_examples(..., tasks=["rec"], split=split)) may be passed
         examples = render_examples(
             dataset_dict, processor, tasks=["rec"], split=split, task_weights=None,
-            max_history_items=max_history_items, images=images, max_users=max_users, use_images=use_images,
+            images=images, max_users=max_users, use_images=use_images,
             use_text_attributes=use_text_attributes,
         )
     targets = [example["target_index"] for example in examples]
@@ -123,38 +122,6 @@ def training_ratings(dataset_dict) -> list[tuple[str, str, float]]:
     return triples
 
 
-def rating_baselines(triples, pairs, *, item_shrinkage: float = 25.0, user_shrinkage: float = 10.0) -> dict:
-    """Rating predictions of the mean baselines for (user_id, item_id) `pairs`, fit on training `triples`.
-
-    global_mean: mu. user_mean / item_mean: the user's / item's mean training rating, mu when it has none.
-    user_item_bias: mu + b_u + b_i with shrunk biases (Koren 2010, eq. 2-3),
-        b_i = sum_{u in R(i)} (r_ui - mu) / (item_shrinkage + |R(i)|),
-        b_u = sum_{i in R(u)} (r_ui - mu - b_i) / (user_shrinkage + |R(u)|),
-    clipped to [1, 5].
-
-    Returns: {name: [prediction per pair]}.
-    """
-    if not triples:
-        raise ValueError("rating_baselines needs rated training interactions; this dataset has no ratings")
-    mu = sum(rating for *_, rating in triples) / len(triples)
-    by_user, by_item = defaultdict(list), defaultdict(list)
-    for user, item, rating in triples:
-        by_user[user].append((item, rating))
-        by_item[item].append(rating)
-    item_bias = {item: sum(r - mu for r in rs) / (item_shrinkage + len(rs)) for item, rs in by_item.items()}
-    user_bias = {user: sum(r - mu - item_bias[i] for i, r in steps) / (user_shrinkage + len(steps))
-                 for user, steps in by_user.items()}
-    predictions = {"global_mean": [], "user_mean": [], "item_mean": [], "user_item_bias": []}
-    for user, item in pairs:
-        user_ratings = [r for _, r in by_user.get(user, [])]
-        predictions["global_mean"].append(mu)
-        predictions["user_mean"].append(sum(user_ratings) / len(user_ratings) if user_ratings else mu)
-        predictions["item_mean"].append(sum(by_item[item]) / len(by_item[item]) if item in by_item else mu)
-        biased = mu + user_bias.get(user, 0.0) + item_bias.get(item, 0.0)
-        predictions["user_item_bias"].append(min(5.0, max(1.0, biased)))
-    return predictions
-
-
 @torch.no_grad()
 def predict_ratings_and_explanations(
     model, processor, examples: list[dict], *, batch_size: int = 32, max_new_tokens: int = 0,
@@ -162,15 +129,13 @@ def predict_ratings_and_explanations(
 ) -> dict:
     """Rating distribution at the answer slot and (with `max_new_tokens` > 0) greedy explanations.
 
-    The first answer token is constrained to `rate_1..rate_5` (reference §4.4 reads the first word as the rating;
-    constraining it removes the official code's "unparsable -> 3.0" case); the explanation is the greedy text that
-    follows it, up to `<|endofchunk|>`/EOS.
+    Decoding is the pipeline's (`pipeline_unimp.generate_rating_answers`, greedy here): the first answer token is
+    constrained to `rate_1..rate_5`, the explanation is the text that follows it, up to `<|endofchunk|>`/EOS.
 
     Returns: {"probabilities": (n, 5) tensor, "explanations": list[str] (empty unless generated)}.
     """
     tokenizer = processor.tokenizer
     rating_ids = tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))
-    end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)]
     collator = UniMPDataCollator(processor, for_generation=True)
     model.eval()
     probabilities, explanations = [], []
@@ -181,17 +146,11 @@ def predict_ratings_and_explanations(
             probabilities.append(logits[:, rating_ids].float().softmax(-1))
             continue
         prompt_length = batch["input_ids"].shape[1]
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        first = torch.zeros(len(batch["input_ids"]), vocab_size, dtype=torch.bool)
-        first[:, rating_ids] = True
-        generated = model.generate(
-            **batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
-            pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True,
-            logits_processor=LogitsProcessorList([_UniMPAllowedTokens(first, None, prompt_length)]),
-        )
+        generated = generate_rating_answers(model, tokenizer, batch, num_beams=1, max_new_tokens=max_new_tokens,
+                                            output_logits=True, return_dict_in_generate=True)
         probabilities.append(generated.logits[0][:, rating_ids].float().softmax(-1))
-        for token_ids in generated.sequences[:, prompt_length + 1 :].tolist():
-            explanations.append(tokenizer.decode(token_ids, skip_special_tokens=True).strip())
+        for token_ids in generated.sequences[:, prompt_length:].tolist():
+            explanations.append(decode_rating_answer(tokenizer, token_ids)["explanation"])
     return {"probabilities": torch.cat(probabilities) if probabilities else torch.empty(0, 5),
             "explanations": explanations}
 
@@ -202,7 +161,6 @@ def evaluate_explanation(
     dataset_dict,
     *,
     split: str,
-    max_history_items: int,
     batch_size: int = 32,
     max_users: int | None = None,
     images: ImageCache | None = None,
@@ -219,7 +177,7 @@ def evaluate_explanation(
     has none) and `max_new_tokens` > 0; they are scored against the unmodified ground truth.
     """
     examples = render_examples(
-        dataset_dict, processor, tasks=["exp"], split=split, task_weights=None, max_history_items=max_history_items,
+        dataset_dict, processor, tasks=["exp"], split=split, task_weights=None,
         images=images, max_users=max_users, use_images=use_images, use_text_attributes=use_text_attributes,
     )
     if not examples:
@@ -242,7 +200,7 @@ def evaluate_explanation(
         "rating_distribution": {"true": _histogram(true), "unimp": _histogram(probabilities.argmax(-1) + 1)},
     }
     pairs = [(example["user_id"], example["target_item_id"]) for example in examples]
-    for name, baseline in rating_baselines(training_ratings(dataset_dict), pairs).items():
+    for name, baseline in predict_rating_baselines(training_ratings(dataset_dict), pairs).items():
         results[name] = compute_rating_metrics(baseline, true)
     if predicted["explanations"]:
         scored = [(text or EMPTY_EXPLANATION, reference) for text, reference in zip(predicted["explanations"],
@@ -278,7 +236,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split", default="test", choices=["validation", "test"])
     parser.add_argument("--task", default="rec", choices=["rec", "exp"])
     parser.add_argument("--max-new-tokens", type=int, default=40, help="exp: explanation length (0: ratings only)")
-    parser.add_argument("--max-history-items", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-users", type=int, default=None)
     parser.add_argument("--output", default=None)
@@ -288,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = RecipeArguments(dataset=args.dataset, data_dir=args.data_dir)
     dataset_dict = load_dataset_dict(recipe)
     image_size = processor.image_processor.size["height"]
-    common = {"split": args.split, "max_history_items": args.max_history_items, "batch_size": args.batch_size,
+    common = {"split": args.split, "batch_size": args.batch_size,
               "max_users": args.max_users, "images": ImageCache(image_size), "progress": True}
     if args.task == "exp":
         metrics = evaluate_explanation(model, processor, dataset_dict, max_new_tokens=args.max_new_tokens, **common)

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,9 +30,10 @@ from modeling_unimp import UniMPConfig
 from modeling_unimp.processing_unimp import CLIP_MEAN, CLIP_STD
 from modeling_unimp.prompt_templates import render_item_text
 from processing.datasets_unimp import load_unimp_dataset
+from processing.image_metrics import compute_retrieval_accuracy
 from processing.task_records import items_by_id
 
-from .common import parse_recipe_args
+from .common import load_pixel_array, parse_recipe_args
 
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 CLIP_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the inverse temperature at 100 for stability
@@ -50,7 +50,7 @@ class VisionPretrainingArguments:
     dataset: str = field(
         default="ml-100k-posters", metadata={"help": "a processing.datasets_unimp builder with item images"}
     )
-    data_dir: str | None = field(default=None, metadata={"help": "raw-data folder; default $UNIMP_DATA_DIR"})
+    data_dir: str | None = field(default=None, metadata={"help": "raw-data folder; default default_data_dir()"})
     num_heldout_items: int = field(
         default=200, metadata={"help": "seeded held-out items (whole text groups) for retrieval; same pool size "
                                        "on every dataset, so chance is about k/200"}
@@ -89,7 +89,7 @@ class VisionPretrainingArguments:
     )
     eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation forward pass"})
     logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
-    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (the machine is shared)"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     seed: int = field(default=0, metadata={"help": "seeds the subset, the held-out split, the init and training"})
 
 
@@ -169,42 +169,6 @@ def clip_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
     return (F.cross_entropy(logits, row_targets) + F.cross_entropy(logits.T, column_targets)) / 2
 
 
-def compute_retrieval_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_ids: torch.Tensor,
-                               ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Image -> text retrieval over the distinct texts of the given items.
-
-    For image i with text t(i), rank_i = |{distinct texts t' ≠ t(i) : cos(u_i, v_t') > cos(u_i, v_t(i))}| (0-based,
-    ties counted in the image's favour); accuracy@k = mean_i 1[rank_i < k], mean_rank / median_rank = mean /
-    median_i (rank_i + 1), mrr = mean_i 1 / (rank_i + 1).
-
-    Args:
-        image_embeds: (n, E) image embeddings of the query items.
-        text_embeds: (n, E) their text embeddings (rows with equal `text_ids` are the same text).
-        text_ids: (n,) int, equal for items with identical text.
-        ks: cut-offs.
-    Returns:
-        {"accuracy@k", "mean_rank", "median_rank", "mrr", "num_queries": n, "num_candidates": distinct texts}.
-    """
-    unique_ids, inverse = torch.unique(text_ids, return_inverse=True)
-    first = torch.full((len(unique_ids),), len(text_ids), dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(text_ids)), reduce="amin")
-    candidates = F.normalize(text_embeds[first], dim=-1)  # (m, E), one row per distinct text
-    scores = F.normalize(image_embeds, dim=-1) @ candidates.T  # (n, m)
-    own = scores.gather(1, inverse[:, None])  # (n, 1)
-    ranks = (scores > own).sum(1)  # (n,)
-    metrics = {f"accuracy@{k}": (ranks < k).float().mean().item() for k in ks}
-    metrics["mean_rank"] = (ranks + 1).float().mean().item()
-    metrics["median_rank"] = (ranks + 1).float().median().item()
-    metrics["mrr"] = (1.0 / (ranks + 1).float()).mean().item()
-    metrics["num_queries"] = len(text_ids)
-    metrics["num_candidates"] = len(unique_ids)
-    return metrics
-
-
-# ----------------------------------------------------------------------------------------------
-# Image side
-# ----------------------------------------------------------------------------------------------
-
 class VisionTextAligner(nn.Module):
     """A CLIP vision tower, a linear head to the text space and CLIP's learnable temperature.
 
@@ -258,19 +222,13 @@ def augment_pixels(pixels: torch.Tensor, max_shift: int, generator: torch.Genera
     return torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets)])
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """An image as a (size, size, 3) uint8 array, bicubic-resized like `recipes.common.ImageCache`."""
-    with Image.open(path) as picture:
-        return np.asarray(picture.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
 def load_pixels(paths: list[str], size: int, cache_path: Path) -> torch.Tensor:
     """(N, 3, size, size) uint8 pixels of `paths`, decoded once and cached at `cache_path`."""
     if cache_path.is_file():
         cached = torch.load(cache_path)
         if cached["paths"] == paths:
             return cached["pixels"]
-    arrays = [load_image(path, size) for path in tqdm(paths, desc=f"resize images to {size} px")]
+    arrays = [load_pixel_array(path, size) for path in tqdm(paths, desc=f"resize images to {size} px")]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, R, R)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"paths": paths, "pixels": pixels}, cache_path)
@@ -580,7 +538,6 @@ __all__ = [
     "VisionPretrainingArguments",
     "VisionTextAligner",
     "clip_contrastive_loss",
-    "compute_retrieval_accuracy",
     "default_text_model_path",
     "embed_texts",
     "main",

@@ -17,8 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from modeling_unimp.pipeline_unimp import DEFAULT_MAX_HISTORY_ITEMS
-
 logger = logging.getLogger("unimp.recipes.push_to_hub")
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
@@ -294,7 +292,7 @@ def render_model_card(*, repo_id: str, model, processor, metrics: dict | None, d
         num_hidden_layers=config.text_config.num_hidden_layers,
         custom_pipeline=custom_pipeline,
         usage_snippet=usage,
-        max_history_items=DEFAULT_MAX_HISTORY_ITEMS,
+        max_history_items=processor.max_history_items,
         image_paths_note=image_paths_note,
         metric_columns=columns,
         metric_rows=rows,

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -72,7 +71,9 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     started = time.time()
     dataset_dict = load_dataset_dict(recipe)
     model, processor = build_model(recipe, dataset_dict)
-    trainable = set_trainable(model, "lora" if training.trainable_stage == "lora" else training.trainable_stage)
+    if training.max_history_items is not None:  # saved with the processor: the window every inference path reads
+        processor.max_history_items = training.max_history_items
+    trainable = set_trainable(model, training.trainable_stage)
     if training.trainable_stage == "lora":
         from peft import get_peft_model
 
@@ -82,7 +83,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     images = ImageCache(processor.image_processor.size["height"])
     train_examples = render_examples(
         dataset_dict, processor, tasks=recipe.tasks, split="train", task_weights=training.task_weights,
-        max_history_items=training.max_history_items, num_windows_per_user=recipe.num_windows_per_user,
+        num_windows_per_user=recipe.num_windows_per_user,
         seed=training.seed, images=images, use_images=recipe.use_images,
         use_text_attributes=recipe.use_text_attributes,
     )
@@ -90,13 +91,13 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
 
     validation_examples = render_examples(
         dataset_dict, processor, tasks=["rec"], split="validation", task_weights=None,
-        max_history_items=training.max_history_items, images=images, max_users=recipe.max_eval_users,
+        images=images, max_users=recipe.max_eval_users,
         use_images=recipe.use_images, use_text_attributes=recipe.use_text_attributes,
     )
 
     def validation_ranking(current_model) -> dict:  # model selection on validation only (issue 5)
         metrics = evaluate_recommendation(
-            current_model, processor, dataset_dict, split="validation", max_history_items=training.max_history_items,
+            current_model, processor, dataset_dict, split="validation",
             ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, examples=validation_examples,
         )
         return metrics["unimp"]
@@ -120,16 +121,15 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         trainer.model.save_pretrained(Path(training.output_dir) / "adapter")
         final = trainer.model.merge_and_unload()
     final.save_pretrained(training.output_dir)
-    processor.max_history_items = training.max_history_items  # the pipelines' default window
     processor.save_pretrained(training.output_dir)
     test = evaluate_recommendation(
-        final, processor, dataset_dict, split="test", max_history_items=training.max_history_items,
+        final, processor, dataset_dict, split="test",
         ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, images=images, progress=True,
         max_users=recipe.max_test_users, use_images=recipe.use_images, use_text_attributes=recipe.use_text_attributes,
     )
     if "exp" in recipe.tasks:  # rating MAE/RMSE (+ explanations where the data has text) next to mean baselines
         test["exp"] = evaluate_explanation(
-            final, processor, dataset_dict, split="test", max_history_items=training.max_history_items,
+            final, processor, dataset_dict, split="test",
             batch_size=training.per_device_eval_batch_size, images=images, progress=True,
             max_users=recipe.max_test_users, use_images=recipe.use_images,
             use_text_attributes=recipe.use_text_attributes,
@@ -162,5 +162,4 @@ def parse_args(argv: list[str]) -> tuple[RecipeArguments, UniMPTrainingArguments
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     print(main(*parse_args(sys.argv[1:])))

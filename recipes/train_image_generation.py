@@ -5,7 +5,7 @@ UniMPTrainingArguments.
     python -m recipes.train_image_generation recipes/configs/imggen_ml100k.yaml [key=value ...]
 
 Writes into `output_dir`: the model, its processor (with the `<img_c>` tokens) and the image tokenizer it was trained
-with (`image_tokenizer/`, recorded in `config.image_tokenizer_name_or_path`), so `pipeline("unimp-generate-image",
+with (`image_tokenizer/`, recorded in `processor.vq_model_name_or_path`), so `pipeline("unimp-generate-image",
 model=output_dir)` works from the folder alone; `image_codes.json` (item -> code string), `test_generations.jsonl`
 (one line per test user), `metrics.json` and `training_curve.png`. `benchmarks/image_generation.py` computes the
 feature-space metrics from these files.
@@ -31,41 +31,39 @@ from modeling_unimp import (
     UniMPProcessor,
     train_catalogue_tokenizer,
 )
-from modeling_unimp.image_tokenizer_unimp import compute_psnr, compute_ssim
+from modeling_unimp.pipeline_image_generation_unimp import (
+    DEFAULT_MAX_HISTORY_ITEMS as IMAGE_GENERATION_MAX_HISTORY_ITEMS,
+)
 from modeling_unimp.pipeline_image_generation_unimp import UniMPImageGenerationPipeline
 from modeling_unimp.prompt_templates import (
     IMGGEN_INSTRUCTION,
-    QUERY_PREFIX,
     TRAIN_SPLIT,
     render_item_text,
     render_record,
 )
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
 from processing import UniMPDataCollator
+from processing.image_metrics import compute_psnr, compute_ssim
 from processing.task_records import build_image_generation_records, item_query, items_by_id
 
 from .common import (
+    TEMPLATE_TEXT,
     RecipeArguments,
     TimeBudgetCallback,
     load_dataset_dict,
+    load_pixel_array,
     parse_recipe_args,
     render_examples,
     write_json,
     write_training_curve,
 )
-from .train_image_tokenizer import load_image as load_resized_image
 
 logger = logging.getLogger("unimp.recipes.train_image_generation")
 
 QUERY_SOURCES = ("title", "category", "title_and_category")
 IMAGE_TOKENIZER_SUBFOLDER = "image_tokenizer"  # relative to the checkpoint; the pipeline resolves it there
-# Template words of every task, so the tiny tokenizer learns them as whole tokens (reference §2.2).
-_TEMPLATE_TEXT = (
-    "What is the next item recommended to the user? What is the rating and explanation for the item? "
-    "Can you select the suitable item from above for the user? User history: Select from: Selection "
-    f"What is the related item ID to the query based on the history? {QUERY_PREFIX} Unknown Title ID "
-    f"{IMGGEN_INSTRUCTION}"
-)
+# Template words of every task, image generation's included, so the tiny tokenizer learns them as whole tokens.
+_TEMPLATE_TEXT = f"{TEMPLATE_TEXT} Title ID {IMGGEN_INSTRUCTION}"
 
 
 @dataclass
@@ -84,14 +82,15 @@ class ImageGenerationArguments:
                           "(task_records.item_query)."},
     )
     image_generation_max_history_items: int = field(
-        default=2, metadata={"help": "History items shown per image-generation prompt (2 in the reference, §2.2 vi)."}
+        default=IMAGE_GENERATION_MAX_HISTORY_ITEMS,
+        metadata={"help": "History items shown per image-generation prompt (2 in the reference, §2.2 vi)."},
     )
     # Evaluation
     generation_batch_size: int = field(default=32, metadata={"help": "Test prompts per generate call."})
     eval_do_sample: bool = field(default=False, metadata={"help": "Sample the test grids (else greedy, §4.5)."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature when eval_do_sample."})
     eval_top_k: int | None = field(default=None, metadata={"help": "Top-k of sampling when eval_do_sample."})
-    num_threads: int = field(default=2, metadata={"help": "torch CPU threads (the machine is shared)."})
+    num_threads: int = field(default=2, metadata={"help": "torch CPU threads."})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +109,8 @@ def load_item_pixels(items: dict[str, dict], resolution: int, cache_path: Path |
     pixels = {}
     for item_id, path in tqdm(paths.items(), desc=f"resize item images to {resolution} px", mininterval=10):
         try:
-            pixels[item_id] = torch.from_numpy(load_resized_image(Path(path), resolution)).permute(2, 0, 1).contiguous()
+            array = load_pixel_array(path, resolution, draft=True)  # (R, R, 3) uint8
+            pixels[item_id] = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         except OSError:
             logger.warning("item %s: image %s does not decode; the item has no codes", item_id, path)
     if cache_path is not None:
@@ -262,7 +262,9 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
                 image_tokenizer.config.num_image_codes, image_tokenizer.config.codebook_size)
 
     model, processor = build_model(recipe, dataset_dict, items, image_tokenizer.config.codebook_size)
-    model.config.image_tokenizer_name_or_path = IMAGE_TOKENIZER_SUBFOLDER
+    processor.vq_model_name_or_path = IMAGE_TOKENIZER_SUBFOLDER
+    if training.max_history_items is not None:  # the rec window when mixed in; saved with the processor
+        processor.max_history_items = training.max_history_items
     set_trainable(model, training.trainable_stage)
     vision_size = model.config.vision_config.image_size
     images = {item_id: to_pil(p) if resolution == vision_size else to_pil(p).resize((vision_size, vision_size),
@@ -278,7 +280,7 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
         path_images = {item["image"]: images.get(item_id) for item_id, item in items.items() if item.get("image")}
         train_examples.extend(render_examples(
             dataset_dict, processor, tasks=other_tasks, split=TRAIN_SPLIT, task_weights=training.task_weights,
-            max_history_items=training.max_history_items, num_windows_per_user=recipe.num_windows_per_user,
+            num_windows_per_user=recipe.num_windows_per_user,
             seed=training.seed, images=lambda image: path_images.get(image) if isinstance(image, str) else image,
         ))
     logger.info("%d training examples (%s)", len(train_examples),

@@ -9,7 +9,6 @@ Writes the tokenizer (`save_pretrained`, with this package's code as remote code
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -23,14 +22,13 @@ from tqdm.auto import tqdm
 from modeling_unimp.image_tokenizer_unimp import (
     UniMPImageTokenizer,
     UniMPImageTokenizerConfig,
-    compute_psnr,
-    compute_ssim,
     convert_pixel_values_to_image,
 )
+from processing.datasets_unimp import default_data_dir
+from processing.image_metrics import compute_psnr, compute_ssim
 
-from .common import parse_recipe_args
+from .common import load_pixel_array, parse_recipe_args
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("ml-100k-posters", "hm-sample")
 
 
@@ -42,7 +40,7 @@ class ImageTokenizerRecipeArguments:
     # Data
     dataset: str = field(default="ml-100k-posters", metadata={"help": f"one of {DATASETS}"})
     data_dir: str | None = field(
-        default=None, metadata={"help": "real-data folder; default $UNIMP_DATA_DIR or <repo>/../shared/data"}
+        default=None, metadata={"help": "raw-data folder; default default_data_dir()"}
     )
     max_images: int | None = field(
         default=None, metadata={"help": "use a seeded random subset of this many images (None: all)"}
@@ -77,7 +75,7 @@ class ImageTokenizerRecipeArguments:
     eval_batch_size: int = field(default=64, metadata={"help": "held-out images per evaluation batch"})
     num_contact_sheet_images: int = field(default=16, metadata={"help": "held-out pairs in contact_sheet.png"})
     logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
-    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (the machine is shared)"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     seed: int = field(default=0, metadata={"help": "seeds the subset, the held-out split and training"})
 
 
@@ -90,11 +88,6 @@ def build_config(args: ImageTokenizerRecipeArguments) -> UniMPImageTokenizerConf
         if recipe_field.name in config_fields and getattr(args, recipe_field.name) is not None
     }
     return UniMPImageTokenizerConfig(**overrides)
-
-
-def resolve_data_dir(data_dir: str | None) -> Path:
-    """`data_dir`, else $UNIMP_DATA_DIR, else `<repo>/../shared/data`."""
-    return Path(data_dir or os.environ.get("UNIMP_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 
 def list_item_images(dataset: str, data_dir: Path) -> list[tuple[str, Path]]:
@@ -120,17 +113,9 @@ def list_item_images(dataset: str, data_dir: Path) -> list[tuple[str, Path]]:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
 
 
-def load_image(path: Path, resolution: int) -> np.ndarray:
-    """A JPEG as a (resolution, resolution, 3) uint8 array, bicubic-resized without keeping the aspect ratio."""
-    with Image.open(path) as image:
-        image.draft("RGB", (2 * resolution, 2 * resolution))  # JPEG DCT-domain downscale: faster decode
-        image = image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
-        return np.asarray(image, dtype=np.uint8)
-
-
 def load_dataset_images(args: ImageTokenizerRecipeArguments, resolution: int) -> tuple[list[str], torch.Tensor]:
     """Ids and (N, 3, R, R) uint8 pixels of the (optionally subsampled) item images, cached in output_dir."""
-    items = list_item_images(args.dataset, resolve_data_dir(args.data_dir))
+    items = list_item_images(args.dataset, Path(args.data_dir) if args.data_dir else default_data_dir())
     if not items:
         raise ValueError(f"no item images found for {args.dataset!r}")
     if args.max_images is not None and args.max_images < len(items):
@@ -142,7 +127,8 @@ def load_dataset_images(args: ImageTokenizerRecipeArguments, resolution: int) ->
         cached = torch.load(cache_path)
         if cached["ids"] == ids:
             return ids, cached["pixels"]
-    arrays = [load_image(path, resolution) for _, path in tqdm(items, desc=f"resize {args.dataset}")]
+    # JPEG draft decode (DCT-domain downscale): much faster on large photos, and the pixels the tokenizer trains on
+    arrays = [load_pixel_array(path, resolution, draft=True) for _, path in tqdm(items, desc=f"resize {args.dataset}")]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, R, R) uint8
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"ids": ids, "pixels": pixels}, cache_path)

@@ -21,7 +21,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("UNIMP_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+# The library resolves ../shared/data from the working directory; the tests pin it to the checkout.
+os.environ.setdefault("UNIMP_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ["UNIMP_DATA_DIR"])
 
 
 @pytest.fixture(autouse=True)

@@ -11,15 +11,9 @@ from transformers import AutoProcessor, LogitsProcessorList, pipeline
 
 import modeling_unimp.pipeline_image_generation_unimp as pipeline_module
 from modeling_unimp import UniMPForConditionalGeneration, UniMPImageTokenizer, UniMPImageTokenizerConfig, UniMPProcessor
-from modeling_unimp.prompt_templates import render_record
-from processing.image_generation import (
-    UniMPImageCodeLogitsProcessor,
-    compute_frechet_distance,
-    compute_retrieval_metrics,
-    image_code_token_ids,
-    image_code_tokens,
-    token_ids_to_codes,
-)
+from modeling_unimp.pipeline_image_generation_unimp import UniMPImageCodeLogitsProcessor
+from modeling_unimp.prompt_templates import image_code_token, render_record
+from processing.image_metrics import compute_frechet_distance, compute_retrieval_metrics
 from tests.conftest import REPO_ROOT, make_tiny_config
 
 CODEBOOK_SIZE = 16
@@ -70,9 +64,10 @@ def test_code_tokens_are_contiguous_single_tokens_recorded_in_the_config(code_pr
     tokenizer = code_processor.tokenizer
     ids = tokenizer("ID <img_3> <img_15><img_0> <|endofchunk|>", add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(ids)[-4:] == ["<img_3>", "<img_15>", "<img_0>", "<|endofchunk|>"]
-    code_ids = image_code_token_ids(code_model.config)
-    assert len(code_ids) == CODEBOOK_SIZE and code_model.config.num_image_code_tokens == CODEBOOK_SIZE
-    assert tokenizer.convert_tokens_to_ids(image_code_tokens(CODEBOOK_SIZE)) == list(code_ids)
+    start = code_model.config.image_code_token_start_id
+    assert code_model.config.num_image_code_tokens == CODEBOOK_SIZE
+    codes = [image_code_token(code) for code in range(CODEBOOK_SIZE)]
+    assert tokenizer.convert_tokens_to_ids(codes) == list(range(start, start + CODEBOOK_SIZE))
     assert code_model.get_input_embeddings().num_embeddings == len(tokenizer)
 
 
@@ -140,17 +135,13 @@ def test_constrained_generation_always_yields_one_full_valid_grid(code_processor
             **generate_kwargs)
         outputs.extend(generated[:, input_ids.shape[1]:].tolist())
     assert len(outputs) == 100
-    code_ids = image_code_token_ids(code_model.config)
+    start = code_model.config.image_code_token_start_id
     for continuation in outputs:
         assert continuation[num_codes] == tokenizer.eos_token_id  # the grid, then EOS, then nothing but padding
+        assert all(start <= token < start + CODEBOOK_SIZE for token in continuation[:num_codes])
         text = tokenizer.decode(continuation, skip_special_tokens=True)
         codes = image_tokenizer.string_to_codes(text)
-        assert torch.equal(codes, token_ids_to_codes(continuation, code_ids, num_codes))
-
-
-def test_token_ids_to_codes_rejects_a_non_code_token():
-    with pytest.raises(ValueError, match="position 1"):
-        token_ids_to_codes([12, 3, 11], range(10, 20), 3)
+        assert codes.tolist() == [token - start for token in continuation[:num_codes]]
 
 
 @pytest.mark.parametrize("output_size, expected", [(None, (8, 8)), (40, (40, 40)), ((48, 24), (48, 24))])
@@ -178,7 +169,7 @@ def test_pipeline_batches_item_dicts_and_returns_codes(code_processor, code_mode
 
 
 def test_pipeline_loads_the_image_tokenizer_recorded_in_the_checkpoint(code_processor, code_model, tmp_path):
-    code_model.config.image_tokenizer_name_or_path = "image_tokenizer"  # relative to the checkpoint folder
+    code_processor.vq_model_name_or_path = "image_tokenizer"  # relative to the checkpoint folder
     code_model.save_pretrained(tmp_path)
     code_processor.save_pretrained(tmp_path)
     _tiny_image_tokenizer().save_pretrained(tmp_path / "image_tokenizer")

@@ -9,12 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_unimp.image_tokenizer_unimp import (
-    UniMPImageTokenizer,
-    UniMPImageTokenizerConfig,
-    compute_psnr,
-    compute_ssim,
-)
+from modeling_unimp.image_tokenizer_unimp import UniMPImageTokenizer, UniMPImageTokenizerConfig
+from processing.image_metrics import compute_psnr, compute_ssim
 
 # 16-px images, two halvings -> a 4 x 4 grid of 16 codes from a 16-entry codebook.
 TINY = dict(

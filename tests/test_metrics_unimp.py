@@ -1,19 +1,11 @@
-"""Metrics against hand-computed values, and the offline `evaluate` modules (reference unimp_method.md §4)."""
+"""Metrics against hand-computed values (reference unimp_method.md §4)."""
 
-import ast
-import importlib.util
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import processing
-from processing import metrics_unimp
 from processing.metrics_unimp import (
     compute_ranking_metrics,
     compute_ranking_metrics_from_ranks,
@@ -21,22 +13,10 @@ from processing.metrics_unimp import (
     compute_selection_metrics,
     compute_text_metrics,
     compute_unigram_precision,
-    extract_answer,
-    load_metric,
-    parse_explanation,
-    parse_rating,
-    parse_ratings,
     rank_of_targets,
 )
 
-METRIC_MODULE = Path(metrics_unimp.__file__).resolve().parent / "metrics" / "unimp"  # holds unimp.py
 INV_LOG2_3 = 1 / math.log2(3)  # NDCG of rank 2 = 0.63093
-
-
-@pytest.fixture(scope="session")
-def metric_modules():
-    """The four bundled metrics (configs of one module), loaded once: `import evaluate` alone costs about 5 s."""
-    return {name: load_metric(name) for name in metrics_unimp.METRIC_NAMES}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,36 +128,6 @@ def test_rating_metrics_hand_computed():
     assert compute_rating_metrics([4, 2, 5], torch.tensor([5.0, 2.0, 3.0])) == pytest.approx(
         {"mae": 1.0, "rmse": math.sqrt(5 / 3)}
     )
-
-
-@pytest.mark.parametrize(
-    ("answer", "rating"),
-    [
-        ("rate_4 great soap", 4.0),
-        ("rate_5", 5.0),
-        ("  rate_2.5  fine", 2.5),
-        ("4 stars", 4.0),  # official rule: float(first word's part after its last "_")
-        ("great soap", 3.0),  # no number -> default
-        ("", 3.0),  # nothing generated -> default
-        ("rate_nan", 3.0),  # non-finite -> default (the official code would keep NaN)
-    ],
-)
-def test_parse_rating_table(answer, rating):
-    assert parse_rating(answer) == rating
-
-
-def test_parse_ratings_counts_unparsable_even_when_default_is_a_real_rating():
-    # "rate_3" is parsed (not a fallback) although it equals the default; "oops" and "" fall back
-    assert parse_ratings(["rate_3", "oops", "rate_1", ""]) == ([3.0, 3.0, 1.0, 3.0], 2)
-    assert parse_ratings(["oops"], default=0.0) == ([0.0], 1)
-
-
-def test_answer_and_explanation_parsing():
-    decoded = "Rate the soap? How would you rate it? rate_4 Smells nice and lasts."
-    answer = extract_answer(decoded)
-    assert answer == "rate_4 Smells nice and lasts."
-    assert parse_explanation(answer) == "Smells nice and lasts."
-    assert parse_explanation("rate_4") == "Empty"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,7 +243,6 @@ def test_text_metrics_stemmer_switch(use_stemmer, rouge1):
         (compute_selection_metrics, (["s_0"], [[]]), {}, r"true_sets\[0\] is empty"),
         (compute_text_metrics, (["a"], ["a", "b"]), {}, "predictions has 1 texts but references has 2"),
         (compute_unigram_precision, (["a"], [["a", "b"]]), {}, "must be strings"),
-        (load_metric, ("rouge",), {}, "name must be one of"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(function, args, kwargs, match):
@@ -305,122 +254,3 @@ def test_ranking_rejects_a_string_as_a_ranked_list():
     # iterating "item_1 item_2" would compare characters with the target and silently miss
     with pytest.raises(TypeError, match=r"ranked\[0\] is 'item_1 item_2'"):
         compute_ranking_metrics(["item_1 item_2"], ["item_1"])
-
-
-# ------------------------------------------------------------------------------------------------
-# evaluate modules
-# ------------------------------------------------------------------------------------------------
-
-
-def test_evaluate_modules_agree_with_pure_functions(metric_modules):
-    ranked, targets = [[3, 1, 2], [5, 4, 9], [7, 8, 6]], [1, 9, 0]
-    assert metric_modules["unimp_ranking"].compute(predictions=ranked, references=targets, ks=[1, 3]) == (
-        compute_ranking_metrics(ranked, targets, ks=[1, 3])
-    )
-    assert metric_modules["unimp_ranking"].compute(
-        predictions=[["item_2", "item_9"]], references=["item_9"], ks=3
-    ) == (compute_ranking_metrics([["item_2", "item_9"]], ["item_9"], ks=3))
-    assert metric_modules["unimp_rating"].compute(predictions=[4.0, 2.0, 5.0], references=[5, 2, 3]) == (
-        compute_rating_metrics([4, 2, 5], [5, 2, 3]) | {"num_unparsable": 0}
-    )
-    selection = (["s_0 s_3 s_4", ""], [["s_0", "s_2"], ["s_1"]])
-    assert metric_modules["unimp_selection"].compute(predictions=selection[0], references=selection[1]) == (
-        compute_selection_metrics(*selection)
-    )
-    assert metric_modules["unimp_text"].compute(predictions=PREDICTIONS, references=REFERENCES) == (
-        compute_text_metrics(PREDICTIONS, REFERENCES)
-    )
-
-
-def test_evaluate_rating_module_parses_answers_and_counts_unparsable(metric_modules):
-    # "rate_4 nice" -> 4, "no idea" -> 3.0 (unparsable), "rate_1" -> 1: errors (-1, 0, -1) -> mae 2/3
-    result = metric_modules["unimp_rating"].compute(
-        predictions=["rate_4 nice", "no idea", "rate_1"], references=[5, 3, 2]
-    )
-    assert result == pytest.approx({"mae": 2 / 3, "rmse": math.sqrt(2 / 3), "num_unparsable": 1})
-
-
-def test_evaluate_ranking_module_accumulates_batches(metric_modules):
-    ranking = metric_modules["unimp_ranking"]
-    ranking.add_batch(predictions=[[3, 1, 2]], references=[1])
-    ranking.add_batch(predictions=[[5, 4, 9], [7, 8, 6]], references=[9, 0])
-    assert ranking.compute(ks=3) == pytest.approx(
-        {"hr@3": 2 / 3, "ndcg@3": 0.376977, "mrr@3": 0.277778}, abs=1e-6
-    )
-
-
-def test_evaluate_module_reuses_the_imported_metrics_module(metric_modules):
-    # resolution step (1): the process has imported processing.metrics_unimp, so the module shares it
-    copied = sys.modules[type(metric_modules["unimp_text"]).__module__]
-    assert copied.metrics_unimp is metrics_unimp
-
-
-def test_evaluate_module_finds_its_checkout_from_the_cache_copy(metric_modules, monkeypatch):
-    # resolution step (2): without processing.metrics_unimp imported, the copy in HF_MODULES_CACHE
-    # reads evaluate's "<name>.json" record and loads metrics_unimp.py from this checkout by path
-    copied = sys.modules[type(metric_modules["unimp_ranking"]).__module__]
-    assert Path(copied.__file__).resolve().parent != METRIC_MODULE  # it really is a copy
-    monkeypatch.delitem(sys.modules, "processing.metrics_unimp")  # restored at teardown
-    loaded = copied._import_metrics_unimp()
-    sys.modules.pop(loaded.__name__)  # the by-path module is private to this test
-    assert Path(loaded.__file__).resolve() == Path(metrics_unimp.__file__).resolve()
-    assert loaded is not metrics_unimp
-    assert loaded.compute_ranking_metrics([[3, 1]], [1], ks=2) == compute_ranking_metrics([[3, 1]], [1], ks=2)
-
-
-def test_evaluate_module_falls_back_to_the_installed_package(tmp_path, monkeypatch):
-    # resolution step (3): a copy with no record and no metrics_unimp.py above it imports the
-    # installed (here: editable) package processing.metrics_unimp
-    source = METRIC_MODULE / "unimp.py"
-    stray = tmp_path / "a" / "b" / "c" / "unimp.py"
-    stray.parent.mkdir(parents=True)
-    stray.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    # the re-import rebinds both of these; monkeypatch puts the originals back at teardown
-    monkeypatch.delitem(sys.modules, "processing.metrics_unimp")
-    monkeypatch.setattr(processing, "metrics_unimp", metrics_unimp)
-    spec = importlib.util.spec_from_file_location("_stray_unimp", stray)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.metrics_unimp.__name__ == "processing.metrics_unimp"
-    assert Path(module.metrics_unimp.__file__).resolve() == Path(metrics_unimp.__file__).resolve()
-
-
-def test_evaluate_modules_are_configs_of_one_module(metric_modules):
-    # one file, so one copy of the resolver: every metric's class comes from the same cached module
-    assert len({type(module) for module in metric_modules.values()}) == 1
-    assert {module.config_name for module in metric_modules.values()} == {"ranking", "rating", "selection", "text"}
-    assert sorted(path.name for path in METRIC_MODULE.parent.rglob("*.py")) == ["unimp.py"]
-
-
-def test_evaluate_module_rejects_a_missing_or_unknown_config():
-    import evaluate
-
-    for config_name in (None, "bleu"):
-        with pytest.raises(ValueError, match="config_name must be one of"):
-            evaluate.load(str(METRIC_MODULE), config_name=config_name)
-
-
-FRESH_PROCESS = """
-import sys
-import evaluate
-ranking = evaluate.load(sys.argv[1], config_name="ranking")
-assert not any(name == "processing" or name.startswith("processing.") for name in sys.modules), "imported processing"
-print(ranking.compute(predictions=[[3, 1, 2], [5, 4, 9], [7, 8, 6]], references=[1, 9, 0], ks=3))
-"""
-
-
-def test_evaluate_module_loads_in_a_fresh_process_from_the_checkout(tmp_path):
-    # resolution step (2) for real: a new interpreter that never imports processing, run outside the repo,
-    # loads the module by path; it finds metrics_unimp.py through evaluate's "<name>.json" record
-    env = os.environ | {"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HOME": str(tmp_path / "hf_home")}
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(METRIC_MODULE)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    metrics = ast.literal_eval(result.stdout.strip().splitlines()[-1])
-    assert metrics == pytest.approx({"hr@3": 2 / 3, "ndcg@3": 0.376977, "mrr@3": 0.277778}, abs=1e-6)

@@ -146,7 +146,7 @@ def test_max_history_items_keeps_the_most_recent_items(recommend):
     try:
         _assert_same_results(recommend(long_history, top_k=3), recommend(long_history[-4:], top_k=3))
     finally:
-        recommend.processor.max_history_items = None
+        recommend.processor.max_history_items = 10
 
 
 # ------------------------------------------------------------------ item dicts and images

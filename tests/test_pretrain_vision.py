@@ -13,12 +13,12 @@ from transformers import AutoModel, CLIPVisionModel, HfArgumentParser
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
 from modeling_unimp.processing_unimp import make_image_processor
+from processing.image_metrics import compute_retrieval_accuracy
 from recipes import pretrain_vision
 from recipes.pretrain_vision import (
     VisionPretrainingArguments,
     VisionTextAligner,
     clip_contrastive_loss,
-    compute_retrieval_accuracy,
     embed_texts,
     evaluate_aligner,
     normalize_pixels,

@@ -72,7 +72,7 @@ def source(tmp_path_factory, tiny_tokenizer):
     for block in model.model.gated_cross_attn:  # open gates: the posters move the scores
         block.attn_gate.data.fill_(0.5)
         block.ff_gate.data.fill_(0.5)
-    metrics = evaluate_recommendation(model, processor, dataset_dict, split="test", max_history_items=10, ks=(1, 3))
+    metrics = evaluate_recommendation(model, processor, dataset_dict, split="test", ks=(1, 3))
     metrics.update(dataset="ml-100k-posters", protocol="leave_one_out", tasks=["rec"], split="test", global_step=3)
     checkpoint = work / "checkpoint"
     model.save_pretrained(checkpoint)

@@ -158,3 +158,11 @@ def test_lora_adapters_train_save_load_and_merge(tiny_processor, tiny_config, tm
     assert isinstance(merged, UniMPForConditionalGeneration)
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_trainer_rejects_plain_training_arguments_naming_the_fix(tiny_config, tmp_path):
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="UniMPTrainingArguments"):  # they have no focal_gamma to apply
+        UniMPTrainer(model=UniMPForConditionalGeneration(tiny_config),
+                     args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
