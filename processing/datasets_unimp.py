@@ -488,7 +488,8 @@ def build_hm(
     """H&M sample: articles with a photo, repeats dropped, iterative 5-core users / 3-core items (peer §2.2).
 
     Items: `Name {prod_name} Appearance {graphical_appearance_name} Color {perceived_colour_value_name}
-    Section {section_name}` (reference §2.1) then `Price {median normalised transaction price, 4 decimals}`;
+    Section {section_name}` (reference §2.1) then `Price {median normalised price of the article's *training*
+    transactions, 4 decimals}` (none when it has no training transaction);
     category = `{index_group_name} {product_group_name} {product_type_name}`. No ratings, no text.
     Time = `t_dat` at 00:00 UTC.
 
@@ -535,27 +536,35 @@ def build_hm(
     articles = _read_table(articles_path, sep=",", required=(
         "article_id", "prod_name", "graphical_appearance_name", "perceived_colour_value_name", "section_name",
         "index_group_name", "product_group_name", "product_type_name"), nonempty=("article_id",))
-    price_lists: dict[str, list[float]] = {}
-    for article, price in zip(frame["article_id"], prices):
-        if not math.isnan(price):
-            price_lists.setdefault(article, []).append(price)
-    items = OrderedDict()
-    for row in articles.itertuples(index=False):
-        article = row.article_id
-        price = f"{statistics.median(price_lists[article]):.4f}" if article in price_lists else None
-        attributes = [("Name", row.prod_name or None), ("Appearance", row.graphical_appearance_name or None),
-                      ("Color", row.perceived_colour_value_name or None), ("Section", row.section_name or None),
-                      ("Price", price)]
-        category = " ".join(part for part in (row.index_group_name, row.product_group_name,
-                                              row.product_type_name) if part) or None
-        items[article] = _make_item(article, attributes, title=row.prod_name or None, category=category,
-                                    image=image_of.get(article))
-    unknown = sorted({i.item_id for i in interactions} - set(items))
+    unknown = sorted({i.item_id for i in interactions} - set(articles["article_id"]))
     if unknown:
         raise KeyError(f"{transactions_path}: article_id {unknown[0]!r} (and {len(unknown) - 1} more) "
                        f"not in {articles_path}")
-    return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
-                     check_images=check_images, item_order=list(items))
+    price_of_row = prices.tolist()  # source row -> normalised price (NaN when unparsable)
+
+    def describe_items(training: list[_Interaction]) -> dict[str, dict]:
+        # Price = median over the *training* transactions only (issue 11): a median over all transactions would
+        # carry validation/test purchases into the item text; an article bought only later has no Price.
+        price_lists: dict[str, list[float]] = {}
+        for interaction in training:
+            price = price_of_row[interaction.source_row]
+            if not math.isnan(price):
+                price_lists.setdefault(interaction.item_id, []).append(price)
+        items = OrderedDict()
+        for row in articles.itertuples(index=False):
+            article = row.article_id
+            price = f"{statistics.median(price_lists[article]):.4f}" if article in price_lists else None
+            attributes = [("Name", row.prod_name or None), ("Appearance", row.graphical_appearance_name or None),
+                          ("Color", row.perceived_colour_value_name or None),
+                          ("Section", row.section_name or None), ("Price", price)]
+            category = " ".join(part for part in (row.index_group_name, row.product_group_name,
+                                                  row.product_type_name) if part) or None
+            items[article] = _make_item(article, attributes, title=row.prod_name or None, category=category,
+                                        image=image_of.get(article))
+        return items
+
+    return _assemble(name, interactions, describe_items, protocol=protocol, seed=seed, fractions=fractions,
+                     check_images=check_images, item_order=list(dict.fromkeys(articles["article_id"])))
 
 
 def _read_amazon_reviews(path: Path, row_offset: int, user_suffix: str,

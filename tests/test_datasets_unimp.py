@@ -440,3 +440,34 @@ def test_malformed_table_row_names_file_and_line(tmp_path):
 def test_missing_data_folder_names_the_env_var(tmp_path):
     with pytest.raises(FileNotFoundError, match="UNIMP_DATA_DIR"):
         data.build_ml100k(tmp_path)
+
+
+def _write_hm_folder(root: Path, purchases: list[tuple[str, str, int, float]]) -> None:
+    """A tiny `hm-sample/` folder: (customer, article, day of November 2020, price) per transaction."""
+    folder = root / "hm-sample"
+    folder.mkdir()
+    articles = sorted({article for _, article, _, _ in purchases})
+    pd.DataFrame([{"t_dat": f"2020-11-{day:02d}", "customer_id": customer, "article_id": article, "price": price}
+                  for customer, article, day, price in purchases]).to_csv(folder / "transactions.csv", index=False)
+    pd.DataFrame([{"article_id": a, "prod_name": f"name {a}", "graphical_appearance_name": "Solid",
+                   "perceived_colour_value_name": "Dark", "section_name": "Womens", "index_group_name": "Ladieswear",
+                   "product_group_name": "Garment", "product_type_name": "Top"} for a in articles]
+                 ).to_csv(folder / "articles.csv", index=False)
+    pd.DataFrame([{"article_id": a, "has_image": "1", "image_path": f"images/{a}.jpg"} for a in articles]
+                 ).to_csv(folder / "image_manifest.csv", index=False)
+
+
+def test_hm_price_is_the_median_of_training_transactions_only(tmp_path):
+    # Customers c1-c5 buy A..E on days 1-5 (E is their test target, D their validation target); c6 buys them in
+    # reverse, so E and D are in c6's training rows. Prices: E 0.1 in training, 0.9 at test; D 0.2 / 0.8.
+    price = {"A": 0.05, "B": 0.06, "C": 0.07}
+    purchases = [(f"c{u}", a, day, price.get(a, {"D": 0.8, "E": 0.9}.get(a)))
+                 for u in range(1, 6) for day, a in enumerate("ABCDE", start=1)]
+    purchases += [("c6", a, day, {"E": 0.1, "D": 0.2}.get(a, price.get(a))) for day, a in enumerate("EDCBA", 1)]
+    _write_hm_folder(tmp_path, purchases)
+    dataset_dict = data.build_hm(tmp_path, check_images=False)
+    prices = {item_id: {entry["key"]: entry["value"] for entry in attributes}["Price"]
+              for item_id, attributes in zip(dataset_dict["items"]["item_id"], dataset_dict["items"]["attributes"])}
+    assert set(dataset_dict["test"]["target_item_id"]) == {"E", "A"}
+    # the median over all transactions would be 0.9 for E and 0.8 for D (their validation/test purchases)
+    assert prices == {"A": "0.0500", "B": "0.0600", "C": "0.0700", "D": "0.2000", "E": "0.1000"}
