@@ -9,7 +9,8 @@ from conftest import REPO_ROOT
 
 # Third-party packages a checkpoint file may import: remote code has the Hub's transformers stack and nothing else.
 CHECKPOINT_PACKAGES = {"torch", "transformers", "PIL", "numpy", "tokenizers"}
-EXTRA_CHECKPOINT_PACKAGES = {"trainer_unimp.py": {"peft"}}  # the trainer is not carried by checkpoints
+# the trainers are not carried by checkpoints (nothing a checkpoint file imports reaches them)
+EXTRA_CHECKPOINT_PACKAGES = {"trainer_unimp.py": {"peft"}, "preference_trainer_unimp.py": {"peft", "trl"}}
 FORBIDDEN = {  # package -> first-party packages it must never import
     "modeling_unimp": {"processing", "recipes", "benchmarks", "tests"},
     "processing": {"recipes", "benchmarks", "tests"},
