@@ -4,8 +4,9 @@ Checkpoint file: imports torch, transformers, PIL and same-folder modules only, 
 it from a checkpoint.
 """
 
+import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -25,11 +26,17 @@ DEFAULT_NUM_BEAMS = {"rec": 10, "search": 10, "exp": 5, "select": 2}
 DEFAULT_EXP_MAX_NEW_TOKENS = 64  # a rating token + an explanation cut to 30 words (prompt_templates budget)
 
 
+def _positive_int(name: str, value) -> int:
+    """`value` as an int >= 1, else `ValueError` naming the argument (bools, floats and strings are refused, so
+    `top_k=2.5`, `True` or `"5"` fail here rather than inside torch)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
 def _history_window(max_history_items: int) -> int:
     """A validated `max_history_items` (both UniMP pipelines)."""
-    if max_history_items < 1:
-        raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
-    return max_history_items
+    return _positive_int("max_history_items", max_history_items)
 
 
 class UniMPAllowedTokens(LogitsProcessor):
@@ -210,14 +217,14 @@ class UniMPRecommendPipeline(Pipeline):
                 raise ValueError(f"method must be one of {METHODS}, got {method!r}")
             forward["method"] = method
         if top_k is not None:
-            if top_k < 1:
-                raise ValueError(f"top_k must be >= 1, got {top_k}")
-            forward["top_k"] = postprocess["top_k"] = top_k
+            forward["top_k"] = postprocess["top_k"] = _positive_int("top_k", top_k)
         if num_beams is not None:
-            forward["num_beams"] = num_beams
-        if max_new_tokens is not None:
-            forward["max_new_tokens"] = max_new_tokens
+            forward["num_beams"] = _positive_int("num_beams", num_beams)
+        if max_new_tokens is not None:  # exp needs its rating token, select a slot: 0 new tokens is no answer
+            forward["max_new_tokens"] = _positive_int("max_new_tokens", max_new_tokens)
         if exclude_history is not None:
+            if not isinstance(exclude_history, bool):
+                raise ValueError(f"exclude_history must be True or False, got {exclude_history!r}")
             forward["exclude_history"] = postprocess["exclude_history"] = exclude_history
         return preprocess, forward, postprocess
 
@@ -264,6 +271,9 @@ class UniMPRecommendPipeline(Pipeline):
         for row, record in enumerate(records):
             where = f"input {row}" if len(records) > 1 else "input"
             history = record.get("history")
+            if history is not None and not isinstance(history, (list, tuple)):
+                raise ValueError(f"{where}: `history` must be a list of item ids or item dicts, got "
+                                 f"{type(history).__name__}")
             if not history:
                 raise ValueError(f"{where}: the history is empty; give at least one item id or item dict")
             resolved = [
@@ -324,7 +334,10 @@ class UniMPRecommendPipeline(Pipeline):
             if exclude_history:
                 for row, indices in enumerate(model_inputs["history_indices"]):
                     first[row, [start + k for k in indices]] = False
-            num_return = max(1, min(top_k, int(first.sum(dim=1).min())))
+            # rows may allow fewer items than others (a longer excluded history): beams past a row's allowed items
+            # carry -inf scores and are dropped in `_rank`
+            num_return = max(1, min(top_k, int(first.sum(dim=1).max())))
+            outputs["beam_allowed"] = first[:, start : start + num_items]  # (B, num_items)
             generate_kwargs.update(num_beams=max(num_beams or DEFAULT_NUM_BEAMS[task], num_return),
                                    num_return_sequences=num_return, max_new_tokens=1, output_logits=True,
                                    return_dict_in_generate=True)
@@ -370,7 +383,9 @@ class UniMPRecommendPipeline(Pipeline):
         for row in range(item_logits.shape[0]):
             if "beam_tokens" in model_outputs:
                 start = self.processor.item_token_start_id
+                allowed = model_outputs["beam_allowed"][row]
                 indices = [token - start for token in model_outputs["beam_tokens"][row].tolist()]
+                indices = [k for k in dict.fromkeys(indices) if 0 <= k < len(allowed) and allowed[k]]
                 indices = sorted(indices, key=lambda k: -float(item_logits[row, k]))[:top_k]
             else:
                 logits = item_logits[row].clone()
@@ -397,11 +412,12 @@ class UniMPRecommendPipeline(Pipeline):
     def _resolve_item(self, entry, where: str, items: Mapping | None, image_root: str | None,
                       needs_token: bool) -> dict:
         """An id or item dict -> the item dict `render_record` reads; catalogue fields fill what is missing."""
-        if isinstance(entry, (str, int)) and not isinstance(entry, bool):
-            entry = {"item_id": str(entry)}
-        elif not isinstance(entry, Mapping):
-            raise ValueError(f"{where}: expected an item id (str) or an item dict, got {type(entry).__name__}")
-        item = dict(entry)
+        if isinstance(entry, Mapping):
+            item = dict(entry)
+            if item.get("item_id") is not None:
+                item["item_id"] = _item_id(item["item_id"], f"{where}.item_id")
+        else:
+            item = {"item_id": _item_id(entry, where)}
         item_id = item.get("item_id")
         known = item_id is not None and self._is_known(str(item_id))
         if item_id is not None:
@@ -433,14 +449,28 @@ class UniMPRecommendPipeline(Pipeline):
         return item
 
 
+def _item_id(value, where: str) -> str:
+    """An item id given as str or integer (numpy ints included) -> str; anything else is a `ValueError` naming it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    hints = {bytes: "decode it to str first", float: "a float id is ambiguous (1.0 vs '1'); pass the id as str",
+             type(None): "give the item's id or an item dict"}
+    hint = next((text for kind, text in hints.items() if isinstance(value, kind)),
+                "give a catalogue id (str) or an item dict")
+    raise ValueError(f"{where}: {value!r} ({type(value).__name__}) is not an item id; {hint}")
+
+
 def _resolve_path(path, image_root: str | None):
     if isinstance(path, str) and image_root is not None and not os.path.isabs(path):
         return os.path.join(image_root, path)
     return path
 
 
-def _is_item(entry) -> bool:
-    return isinstance(entry, (str, int)) or (isinstance(entry, Mapping) and "history" not in entry)
+def _is_history_or_record(entry) -> bool:
+    """A batch entry: a record dict (with `history`) or a history (a list or tuple, not an item)."""
+    return (isinstance(entry, Mapping) and "history" in entry) or isinstance(entry, (list, tuple))
 
 
 def _as_records(inputs) -> tuple[list[dict], bool]:
@@ -454,13 +484,13 @@ def _as_records(inputs) -> tuple[list[dict], bool]:
                          f"{type(inputs).__name__}")
     if not inputs:
         raise ValueError("the history is empty; give at least one item id or item dict")
-    if all(_is_item(entry) for entry in inputs):
+    if not any(_is_history_or_record(entry) for entry in inputs):  # one history; bad entries fail by position
         return [{"history": list(inputs)}], True
     records = []
     for n, entry in enumerate(inputs):
         if isinstance(entry, Mapping) and "history" in entry:
             records.append(dict(entry))
-        elif isinstance(entry, Iterable) and not isinstance(entry, (str, Mapping)):
+        elif isinstance(entry, (list, tuple)):
             records.append({"history": list(entry)})
         else:
             raise ValueError(f"input {n}: a batch holds histories (lists) or records (dicts with `history`), got "

@@ -3,6 +3,8 @@
 Self-contained for remote code: imports torch, transformers, PIL and same-folder modules only.
 """
 
+import numbers
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -29,6 +31,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §1.2: CLIP normali
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MAX_HISTORY_ITEMS = 10  # history items per prompt unless training sets another window
 _BOS_TOKEN, _PAD_TOKEN = "<|endoftext|>", "<|pad|>"
+# `<item_k>` / `<img_c>` strings in a prompt: the tokenizer knows only k < num_items (c < K); others would split into
+# characters and the prompt would silently name no item
+_NUMBERED_TOKEN_PATTERN = re.compile(r"<(item|img)_(\d+)>")
 
 
 def make_image_processor(image_size: int) -> CLIPImageProcessorPil:
@@ -114,9 +119,11 @@ class UniMPProcessor(ProcessorMixin):
         self.content_history_items = None if content_history_items is None else int(content_history_items)
         # the history window (latest items) the model was trained with: the one source at inference (pipelines,
         # recipes.evaluate); training sets it from UniMPTrainingArguments.max_history_items
+        if max_history_items is not None and (isinstance(max_history_items, bool) or not isinstance(
+                max_history_items, numbers.Integral) or max_history_items < 1):
+            raise ValueError(f"max_history_items must be an integer >= 1 (the history window), got "
+                             f"{max_history_items!r}")
         self.max_history_items = DEFAULT_MAX_HISTORY_ITEMS if max_history_items is None else int(max_history_items)
-        if self.max_history_items < 1:
-            raise ValueError(f"max_history_items must be >= 1, got {max_history_items}")
         # image generation: the VQ image tokenizer (UniMPImageTokenizer) that decodes `<img_c>` codes, a path or a
         # subfolder of the checkpoint (a name without "tokenizer": ProcessorMixin would take it for a sub-processor)
         self.vq_model_name_or_path = vq_model_name_or_path
@@ -336,6 +343,7 @@ class UniMPProcessor(ProcessorMixin):
             raise ValueError(f"{len(texts)} prompts but {len(images)} image lists; pass one list per prompt")
         token_lists = []
         for row, (prompt, row_images) in enumerate(zip(texts, images)):
+            self._check_numbered_tokens(prompt, row)
             ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             num_image_tokens = ids.count(self.image_token_id)
             if num_image_tokens != len(row_images):
@@ -349,6 +357,18 @@ class UniMPProcessor(ProcessorMixin):
         batch = self._pad(token_lists, padding_side)
         batch.update(self._encode_images(images, batch["input_ids"]))
         return BatchFeature(batch, tensor_type=None)
+
+    def _check_numbered_tokens(self, prompt: str, row: int) -> None:
+        """`ValueError` for an `<item_k>` or `<img_c>` outside this processor's vocabulary."""
+        for match in _NUMBERED_TOKEN_PATTERN.finditer(prompt):
+            kind, number = match[1], int(match[2])
+            count = self.num_items if kind == "item" else self.num_image_code_tokens
+            if number >= count:
+                what = "catalogue items" if kind == "item" else "image codes"
+                known = f"<{kind}_0> to <{kind}_{count - 1}>" if count else f"no <{kind}_k> tokens"
+                raise ValueError(f"prompt {row}: {match[0]} at character {match.start()} is not a token of this "
+                                 f"processor ({count} {what}: {known}); an out-of-range token would be read as "
+                                 "plain characters")
 
     def _pad(self, token_lists: list[list[int]], padding_side: str) -> dict[str, torch.Tensor]:
         if padding_side not in ("left", "right"):

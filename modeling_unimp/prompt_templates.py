@@ -55,7 +55,10 @@ QUERY_PREFIX = "Query:"
 
 # Control-token strings must never come from free text, or the `<image>` count and the answer spans
 # break: `<image>`, `<answer>`, `<item_k>` and any `<|...|>` (end of chunk, BOS/EOS of common tokenizers).
-_CONTROL_TOKEN_PATTERN = re.compile(r"<\|[^|>]*\|>|<image>|<answer>|<item_\d+>|</?s>|<pad>|<PAD>")
+_CONTROL_TOKEN_PATTERN = re.compile(r"<\|[^|>]*\|>|<image>|<answer>|<item_\d+>|<img_\d+>|</?s>|<pad>|<PAD>")
+# Rating and slot tokens are plain words (`rate_5`, `s_1`) that the tokenizer matches anywhere, even inside a word
+# ("files_1" -> "file" + `s_1`): in free text their underscore becomes a space, so they stay ordinary text.
+_PLAIN_WORD_TOKEN_PATTERN = re.compile(r"(?<=rate)_(?=[1-5])|(?<=s)_(?=[0-4])")
 
 
 def build_item_index(item_ids: Iterable[str]) -> dict[str, int]:
@@ -76,11 +79,16 @@ def build_item_index(item_ids: Iterable[str]) -> dict[str, int]:
     return index
 
 
-def _clean_text(value: Any) -> str:
-    """Free text -> single-spaced words with every control-token string removed."""
+def _clean_text(value: Any, *, keep_image_codes: bool = False) -> str:
+    """Free text -> single-spaced words with every control-token string removed and the rating/slot words split
+    (`rate_5` -> `rate 5`), so no text becomes a control token. `keep_image_codes` keeps `<img_c>` (code strings)."""
     if isinstance(value, (list, tuple)):
         value = " ".join(str(part) for part in value if part is not None)
-    text = _CONTROL_TOKEN_PATTERN.sub(" ", str(value))
+    text = str(value)
+    if keep_image_codes:
+        text = " ".join(_CONTROL_TOKEN_PATTERN.sub(lambda m: m[0] if m[0].startswith("<img_") else " ", text).split())
+        return text
+    text = _PLAIN_WORD_TOKEN_PATTERN.sub(" ", _CONTROL_TOKEN_PATTERN.sub(" ", text))
     return " ".join(text.split())
 
 
@@ -232,7 +240,7 @@ def _codes_label(record, field: str, item) -> str:
     ):  # code indices: rendered exactly as UniMPImageTokenizer.codes_to_string writes them
         codes_text = " ".join(image_code_token(code) for code in codes)
     else:  # a code string, normally codes_to_string's "<img_3> <img_41> ..."; kept as given, single-spaced
-        codes_text = "" if _is_missing(codes) else _clean_text(codes)
+        codes_text = "" if _is_missing(codes) else _clean_text(codes, keep_image_codes=True)
     if not codes_text:
         raise ValueError(f"{_record_name(record)}: {field}.image_codes is missing; the image-generation task "
                          "needs each item's image code string")

@@ -1,0 +1,232 @@
+"""Issue 16's table of bad inputs and faults, one test per row: a clear error naming the record, file and line or
+argument; a warning with a count; or the correct result. Also what already held (unknown ids, image-less items,
+threads, no code execution from checkpoints). Resume, builder and push rows are further down."""
+
+import copy
+import struct
+import threading
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_config
+from PIL import Image
+from transformers import pipeline
+
+from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+from modeling_unimp.image_utils import load_image
+from modeling_unimp.prompt_templates import RATING_TOKENS, SELECTION_TOKENS, render_item_text
+
+NUM_ITEMS = 12
+ITEM_IDS = [f"m{k}" for k in range(NUM_ITEMS)]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tiny_tokenizer):
+    """A 12-item processor with `<img_c>` tokens for 4 codes, and a matching tiny model with open gates."""
+    processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ITEM_IDS,
+                                              [f"Movie {k}" for k in range(NUM_ITEMS)], image_size=32,
+                                              num_image_code_tokens=4)
+    torch.manual_seed(0)
+    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
+    processor.prepare_model(model)
+    for block in model.model.gated_cross_attn:
+        block.attn_gate.data.fill_(0.5)
+        block.ff_gate.data.fill_(0.5)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def recommend(catalogue):
+    model, processor = catalogue
+    return pipeline("unimp-recommend", model=model, processor=processor, device="cpu")
+
+
+# ------------------------------------------------------------------ processor
+@pytest.mark.parametrize("token, message", [
+    ("<item_99>", r"<item_99> at character \d+ is not a token of this processor \(12 catalogue items: "
+                  r"<item_0> to <item_11>\)"),
+    ("<item_12>", r"<item_12> .*12 catalogue items"),
+    ("<img_4>", r"<img_4> .*4 image codes: <img_0> to <img_3>"),
+])
+def test_processor_refuses_numbered_tokens_outside_its_vocabulary(catalogue, token, message):
+    _, processor = catalogue
+    with pytest.raises(ValueError, match=message):
+        processor(text=[f"<answer> <item_3> <|endofchunk|> <answer> {token}"], images=[[]])
+    ids = processor(text=["<answer> <item_11> <img_3>"], images=[[]])["input_ids"][0].tolist()
+    assert ids[-2:] == [processor.item_token_start_id + 11, processor.image_code_token_start_id + 3]
+
+
+@pytest.mark.parametrize("title", ["Ocean's_1 rate_5 <img_2> <item_3>", "files_1 corporate_4 <image>"])
+def test_titles_with_control_token_strings_stay_plain_text(catalogue, title):
+    _, processor = catalogue
+    text = render_item_text([("Title", title)])
+    ids = processor(text=[text], images=[[]], add_bos=False)["input_ids"][0].tolist()
+    control = {processor.tokenizer.convert_tokens_to_ids(t) for t in (*RATING_TOKENS, *SELECTION_TOKENS)}
+    control |= set(range(processor.item_token_start_id, processor.item_token_start_id + NUM_ITEMS))
+    control |= set(range(processor.image_code_token_start_id, processor.image_code_token_start_id + 4))
+    control.add(processor.image_token_id)
+    assert not control & set(ids), processor.tokenizer.convert_ids_to_tokens(ids)
+    assert text.startswith("Title ") and ("s 1" in text or "rate 5" in text or "corporate 4" in text)
+
+
+@pytest.mark.parametrize("value", [-3, 0, 2.5, True, "5"])
+def test_processor_config_rejects_a_bad_history_window(tiny_tokenizer, value):
+    with pytest.raises(ValueError, match=f"max_history_items must be an integer >= 1.*got {value!r}"):
+        UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ["a"], ["A"], image_size=32,
+                                      max_history_items=value)
+
+
+def test_saved_processor_config_with_a_negative_window_fails_at_load(catalogue, tmp_path):
+    import json
+
+    _, processor = catalogue
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    config["max_history_items"] = -3
+    (tmp_path / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="max_history_items must be an integer >= 1.*-3"):
+        UniMPProcessor.from_pretrained(tmp_path)
+
+
+def test_image_count_mismatch_still_raises_naming_both_counts(catalogue):
+    _, processor = catalogue
+    with pytest.raises(ValueError, match="prompt 0 has 2 <image> tokens but 1 images"):
+        processor(text=["<image> a <image> b"], images=[[None]])
+
+
+# ------------------------------------------------------------------ images
+def test_sixteen_bit_png_keeps_its_grey_levels(tmp_path):
+    levels = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(levels).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I;16")
+    rgb = np.asarray(load_image(tmp_path / "grey16.png"))
+    expected = np.round(levels[0] / 257.0)  # 0-65535 onto 0-255
+    np.testing.assert_allclose(rgb[0, :, 0], expected, atol=1)
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.0, 0.25, 0.5, 1.0], [0, 64, 128, 255]),  # 0-1 floats (the common float TIFF)
+    ([0.0, 100.0, 200.0, 255.0], [0, 100, 200, 255]),  # 0-255 floats
+    ([-1.0, 0.0, 1.0, 3.0], [0, 64, 128, 255]),  # any other range: stretched to 0-255
+])
+def test_float_tiff_is_scaled_not_clipped_to_black(tmp_path, values, expected):
+    Image.fromarray(np.array([values], dtype=np.float32).repeat(2, axis=0)).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    np.testing.assert_allclose(np.asarray(load_image(tmp_path / "float.tif"))[0, :, 1], expected, atol=1)
+
+
+def _bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A few dozen bytes of PNG whose header claims width x height RGB pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(
+        b"IEND", b"")
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000)])  # over 2x PIL's limit (error), 1-2x (warning)
+def test_decompression_bomb_makes_that_one_image_image_less_with_a_warning(catalogue, tmp_path, size):
+    _, processor = catalogue
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_bomb_png(*size))
+    assert bomb.stat().st_size < 100
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "fine.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = processor(text=["<image> a <image> b"], images=[[str(bomb), str(tmp_path / "fine.png")]])
+    messages = [str(w.message) for w in caught]
+    assert any("decompression bomb" in m and "bomb.png" in m for m in messages), messages
+    assert any(m.startswith("1 image(s) could not be decoded") for m in messages), messages
+    assert batch["image_attention_mask"].any(dim=1)[0].tolist() == [False, True]  # only the bomb is image-less
+
+
+def test_undecodable_image_file_is_still_image_less_with_a_counted_warning(catalogue, tmp_path):
+    _, processor = catalogue
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.warns(UserWarning, match="^2 image"):
+        batch = processor(text=["<image> a <image> b"], images=[[str(tmp_path / "broken.jpg"), b"junk"]])
+    assert not batch["image_attention_mask"].any()
+
+
+# ------------------------------------------------------------------ pipeline
+def test_exp_with_zero_new_tokens_is_refused_not_silently_sixty_four(recommend):
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer >= 1, got 0"):
+        recommend([{"item_id": "m1", "rating": 4}], task="exp", target="m2", max_new_tokens=0)
+    answer = recommend([{"item_id": "m1", "rating": 4}], task="exp", target="m2", max_new_tokens=1)
+    assert answer["rating"] in range(1, 6) and answer["explanation"] == ""  # exactly the one rating token
+
+
+@pytest.mark.parametrize("history", [ITEM_IDS, ITEM_IDS[:11], ["m1", "m7", "m3"]])
+def test_beam_search_with_exclude_history_never_returns_an_excluded_item(recommend, history):
+    beam = recommend(history, top_k=12, method="beam", exclude_history=True)
+    exact = recommend(history, top_k=12, method="exact", exclude_history=True)
+    assert [r["item_id"] for r in beam] == [r["item_id"] for r in exact]
+    assert len(beam) == NUM_ITEMS - len(set(history)) and not {r["item_id"] for r in beam} & set(history)
+
+
+def test_beam_search_batch_gives_each_history_its_own_top_k(recommend):
+    histories = [["m1"], ITEM_IDS[:11]]
+    beam = recommend(histories, top_k=3, method="beam", exclude_history=True)
+    assert [len(rows) for rows in beam] == [3, 1]
+    assert beam == recommend(histories, top_k=3, method="beam", exclude_history=True)
+    assert [[r["item_id"] for r in rows] for rows in beam] == [
+        [r["item_id"] for r in rows] for rows in recommend(histories, top_k=3, exclude_history=True)]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("top_k", 2.5), ("top_k", True), ("top_k", "5"), ("top_k", 0), ("num_beams", 1.5), ("max_history_items", -3),
+    ("max_new_tokens", "64"),
+])
+def test_numeric_arguments_of_the_wrong_type_name_the_argument(recommend, name, value):
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got {value!r}"):
+        recommend(["m1"], **{name: value})
+
+
+def test_numpy_integer_arguments_are_accepted(recommend):
+    assert [r["item_id"] for r in recommend(["m1"], top_k=np.int64(2))] == [
+        r["item_id"] for r in recommend(["m1"], top_k=2)]
+
+
+@pytest.mark.parametrize("entry, message", [
+    (1.0, r"input history\[1\]: 1\.0 \(float\) is not an item id; a float id is ambiguous"),
+    (None, r"input history\[1\]: None \(NoneType\) is not an item id"),
+    (b"m1", r"input history\[1\]: b'm1' \(bytes\) is not an item id; decode it to str first"),
+])
+def test_history_entries_of_the_wrong_type_name_their_position(recommend, entry, message):
+    with pytest.raises(ValueError, match=message):
+        recommend(["m2", entry])
+
+
+def test_numpy_integer_ids_are_read_as_their_decimal_string(recommend):
+    with pytest.raises(KeyError, match="'7'"):  # np.int64(7) is the id "7", which this catalogue lacks
+        recommend(["m2", np.int64(7)])
+
+
+def test_unknown_ids_and_empty_histories_still_raise(recommend):
+    with pytest.raises(KeyError, match="nope"):
+        recommend(["m1", "nope"])
+    with pytest.raises(ValueError, match="empty"):
+        recommend([])
+
+
+def test_four_threads_on_one_pipeline_give_the_results_of_one(recommend):
+    histories = [[ITEM_IDS[k], ITEM_IDS[(k + 5) % NUM_ITEMS]] for k in range(8)]
+    expected = [recommend(history, top_k=5) for history in histories]
+    results: dict[int, list] = {}
+
+    def work(worker: int) -> None:
+        results[worker] = [recommend(history, top_k=5) for history in histories]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for worker in range(4):
+        for got, want in zip(results[worker], expected):
+            assert [r["item_id"] for r in got] == [r["item_id"] for r in want]
+            assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)
