@@ -4,13 +4,17 @@
 - exp: rating MAE/RMSE (the rating token at the answer slot) next to mean baselines fit on the training
   interactions, and the text metrics of the generated explanations where the data has them.
 
-Usage: python -m recipes.evaluate CHECKPOINT_DIR [--dataset ml-100k-posters] [--split test] [--task rec|exp]
+Usage: python -m recipes.evaluate CHECKPOINT_DIR [--split validation test] [--task rec|exp] [--out FILE]
+Dataset, protocol and ablation default to what the checkpoint recorded; the history window and layout are the saved
+processor's. Writes `metrics_<split>.json` (exp: `metrics_exp_<split>.json`), never the training `metrics.json`.
 """
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -85,11 +89,14 @@ def evaluate_recommendation(
     examples: list[dict] | None = None,
     use_images: bool = True,
     use_text_attributes: bool = True,
+    return_ranks: bool = False,
 ) -> dict:
     """Full-ranking metrics of UniMP and the popularity baseline on `split` (leave-one-out targets).
 
     Reports the sequential convention (nothing masked, like RecBole's SASRec/BERT4Rec) and a `masked_`
-    column with each user's history masked (the convention of RecBole's Pop/BPR/LightGCN).
+    column with each user's history masked (the convention of RecBole's Pop/BPR/LightGCN). With `return_ranks`,
+    also `ranks`: `{"user_ids", "target_item_ids", "none", "history"}` (lists), the 1-based rank of each user's target
+    (ties counted against it, `rank_of_targets`) in the split's row order, for paired tests (issue 11).
     """
     if examples is None:  # pre-rendered examples (render_examples(..., tasks=["rec"], split=split)) may be passed
         examples = render_examples(
@@ -109,6 +116,10 @@ def evaluate_recommendation(
                "unimp_masked": ranking_metrics(scores, targets, ks, exclude=history),
                "pop": ranking_metrics(popularity, targets, ks),
                "pop_masked": ranking_metrics(popularity, targets, ks, exclude=history)}
+    if return_ranks:
+        results["ranks"] = {"user_ids": users, "target_item_ids": [processor.item_ids[t] for t in targets],
+                            "none": rank_of_targets(scores, torch.tensor(targets)).tolist(),
+                            "history": rank_of_targets(scores, torch.tensor(targets), exclude=history).tolist()}
     return results
 
 
@@ -225,38 +236,101 @@ def _histogram(ratings) -> dict[str, int]:
     return {str(r): counts.get(r, 0) for r in range(1, 6)}
 
 
+TRAINING_METRICS = "metrics.json"  # written by recipes.train; evaluate reads it and never writes it (issue 11)
+
+
+def recorded_settings(checkpoint: str | Path) -> dict:
+    """What a checkpoint was trained and evaluated with, from its training `metrics.json` (`recipes.train`).
+
+    A `checkpoint-N` folder without one reads its run folder's. The history window and layout are not here: the
+    processor saved them (`max_history_items`, `context_order`, `content_history_items`), the one source.
+
+    Returns:
+        `{"dataset", "protocol", "use_images", "use_text_attributes", "source"}`; `{}` when nothing was recorded.
+    """
+    for folder in (Path(checkpoint), Path(checkpoint).parent):
+        path = folder / TRAINING_METRICS
+        if path.is_file():
+            recorded = json.loads(path.read_text())
+            variant = recorded.get("variant") or {}
+            settings = {"dataset": recorded.get("dataset"), "protocol": recorded.get("protocol"),
+                        "use_images": variant.get("use_images"),
+                        "use_text_attributes": variant.get("use_text_attributes"), "source": str(path)}
+            return {key: value for key, value in settings.items() if value is not None}
+    return {}
+
+
+def output_path(checkpoint: str | Path, split: str, task: str, out: str | None) -> Path:
+    """`--out`, else `<checkpoint>/metrics_<split>.json` (rec) or `metrics_exp_<split>.json`; never the training
+    `metrics.json`, which holds what only training knows (global_step, best_checkpoint, variant, train_seconds)."""
+    path = Path(out) if out else Path(checkpoint) / (f"metrics_{split}.json" if task == "rec"
+                                                      else f"metrics_{task}_{split}.json")
+    if path.resolve() == (Path(checkpoint) / TRAINING_METRICS).resolve():
+        raise ValueError(f"{path} is the training metrics file of {checkpoint}; pass another --out")
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Evaluate a saved checkpoint on one split and write `metrics.json` next to it (or to --output)."""
+    """Evaluate a saved checkpoint on each `--split` and write `metrics_<split>.json` next to it (or `--out`).
+
+    Dataset, protocol and the image/text ablation default to what the checkpoint recorded (`recorded_settings`);
+    the history window and layout are the processor's. Returns `{split: metrics}`.
+    """
     from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--dataset", default="ml-100k-posters")
+    parser.add_argument("--dataset", default=None, help="default: the one the checkpoint was trained on")
+    parser.add_argument("--protocol", default=None, choices=["leave_one_out", "user_disjoint"],
+                        help="default: the checkpoint's")
+    parser.add_argument("--use-images", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: the checkpoint's (the no_images ablation trains and tests without)")
+    parser.add_argument("--use-text-attributes", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: the checkpoint's")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument("--split", nargs="+", default=["test"], choices=["validation", "test"])
     parser.add_argument("--task", default="rec", choices=["rec", "exp"])
     parser.add_argument("--max-new-tokens", type=int, default=40, help="exp: explanation length (0: ratings only)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-users", type=int, default=None)
-    parser.add_argument("--output", default=None)
+    parser.add_argument("--max-users", type=int, default=None, help="first N users only (smoke runs)")
+    parser.add_argument("--no-ranks", dest="ranks", action="store_false",
+                        help="rec: leave out the per-user ranks (kept by default for paired tests)")
+    parser.add_argument("--out", "--output", dest="out", default=None,
+                        help="output file (one --split only); default <checkpoint>/metrics_<split>.json")
     args = parser.parse_args(argv)
+    if args.out and len(args.split) > 1:
+        parser.error("--out takes one --split; without --out each split gets metrics_<split>.json")
+    recorded = recorded_settings(args.checkpoint)
+    dataset = args.dataset or recorded.get("dataset")
+    if dataset is None:
+        parser.error(f"{args.checkpoint} records no dataset (no {TRAINING_METRICS} from recipes.train): "
+                     "pass --dataset")
+    protocol = args.protocol or recorded.get("protocol", "leave_one_out")
+    ablation = {key: recorded.get(key, True) if getattr(args, key) is None else getattr(args, key)
+                for key in ("use_images", "use_text_attributes")}
+    paths = {split: output_path(args.checkpoint, split, args.task, args.out) for split in args.split}
     model = UniMPForConditionalGeneration.from_pretrained(args.checkpoint).eval()
     processor = UniMPProcessor.from_pretrained(args.checkpoint)
-    recipe = RecipeArguments(dataset=args.dataset, data_dir=args.data_dir)
-    dataset_dict = load_dataset_dict(recipe)
-    image_size = processor.image_processor.size["height"]
-    common = {"split": args.split, "batch_size": args.batch_size,
-              "max_users": args.max_users, "images": ImageCache(image_size), "progress": True}
-    if args.task == "exp":
-        metrics = evaluate_explanation(model, processor, dataset_dict, max_new_tokens=args.max_new_tokens, **common)
-    else:
-        metrics = evaluate_recommendation(model, processor, dataset_dict, **common)
-    metrics["split"], metrics["dataset"], metrics["task"] = args.split, args.dataset, args.task
-    name = "metrics.json" if args.task == "rec" else f"metrics_{args.task}.json"
-    default_output = f"{args.checkpoint}/{name}"
-    write_json(metrics, args.output or default_output)
-    print(metrics)
-    return metrics
+    dataset_dict = load_dataset_dict(RecipeArguments(dataset=dataset, data_dir=args.data_dir, protocol=protocol))
+    images = ImageCache(processor.image_processor.size["height"])
+    results = {}
+    for split in args.split:
+        common = {"split": split, "batch_size": args.batch_size, "max_users": args.max_users, "images": images,
+                  "progress": True, **ablation}
+        if args.task == "exp":
+            metrics = evaluate_explanation(model, processor, dataset_dict, max_new_tokens=args.max_new_tokens,
+                                           **common)
+        else:
+            metrics = evaluate_recommendation(model, processor, dataset_dict, return_ranks=args.ranks, **common)
+        metrics.update(split=split, dataset=dataset, protocol=protocol, task=args.task, checkpoint=args.checkpoint,
+                       max_history_items=processor.max_history_items, context_order=processor.context_order,
+                       content_history_items=processor.content_history_items, num_items=processor.num_items,
+                       settings_from=recorded.get("source"),
+                       **ablation)
+        write_json(metrics, paths[split])
+        print({key: value for key, value in metrics.items() if key != "ranks"}, f"-> {paths[split]}")
+        results[split] = metrics
+    return results
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """recipes/evaluate.py: rating + explanation prediction, the exp evaluation on real data (issue 5)."""
 
+import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import REPO_ROOT, make_tiny_config
 from PIL import Image
@@ -59,3 +61,41 @@ def test_train_recipe_reports_rating_and_explanation_metrics_on_amazon(data_dir,
     assert all(isinstance(s["generated"], str) and s["reference"] for s in exp["explanation_samples"])
     assert math.isfinite(exp["unimp_explanation"]["rougeL"])
     assert (Path(tmp_path) / "metrics.json").exists()
+
+
+def test_evaluate_uses_the_checkpoint_window_and_ablation_and_keeps_training_metrics(data_dir, tmp_path, monkeypatch):
+    from recipes import evaluate
+
+    recipe, training = train.parse_args([
+        str(REPO_ROOT / "recipes" / "configs" / "ml100k_tiny.yaml"),
+        f"output_dir={tmp_path}", "max_steps=1", "eval_steps=1", "save_steps=1", "max_train_users=8",
+        "max_eval_users=4", "max_test_users=4", "per_device_train_batch_size=2", "max_history_items=3",
+        "num_windows_per_user=1", "disable_tqdm=true", f"data_dir={data_dir}", "use_images=false",
+    ])
+    train.main(recipe, training)
+    training_metrics = (tmp_path / "metrics.json").read_bytes()
+    rendered, render_examples = [], evaluate.render_examples
+
+    def spy(*args, **kwargs):
+        examples = render_examples(*args, **kwargs)
+        rendered.extend(examples)
+        return examples
+
+    monkeypatch.setattr(evaluate, "render_examples", spy)
+    # no --dataset, no window, no ablation flags: all come from what the checkpoint recorded
+    results = evaluate.main([str(tmp_path), "--split", "validation", "test", "--max-users", "5",
+                             "--data-dir", str(data_dir)])
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.json").read_bytes() == training_metrics  # the training metrics are untouched
+    test = results["test"]
+    assert test["max_history_items"] == 3 and test["dataset"] == "ml-100k-posters" and test["use_images"] is False
+    assert len(rendered) == 10  # 5 validation + 5 test users, each prompt with the 3-item window (not 10)
+    assert all(example["text"].count("<|endofchunk|>") == 3 for example in rendered)
+    # trained with use_images=false: every `<image>` slot is image-less (None), as in training
+    assert all(example["images"] and all(image is None for image in example["images"]) for example in rendered)
+    written = json.loads((tmp_path / "metrics_test.json").read_text())
+    assert written["ranks"]["user_ids"] == test["ranks"]["user_ids"] and len(written["ranks"]["history"]) == 5
+    assert all(h <= n for h, n in zip(written["ranks"]["history"], written["ranks"]["none"]))  # masking only lifts
+    assert (tmp_path / "metrics_validation.json").exists()
+    with pytest.raises(ValueError, match="training metrics file"):
+        evaluate.main([str(tmp_path), "--out", str(tmp_path / "metrics.json"), "--data-dir", str(data_dir)])
