@@ -14,6 +14,7 @@ import random
 import re
 import statistics
 import warnings
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -126,6 +127,17 @@ def _first_sentence(review_text: Any, summary: Any) -> str | None:
 # Reading with line numbers
 # ----------------------------------------------------------------------------------------------
 
+def _first_undecodable_line(path: Path) -> tuple[int, str]:
+    """(1-based line number, reason) of the first line of `path` that is not UTF-8."""
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return line_number, f"byte {line[error.start:error.start + 1]!r} at column {error.start + 1}"
+    return 0, "undecodable bytes"
+
+
 def _read_table(path: Path, *, sep: str, required: Iterable[str], nonempty: Iterable[str] = ()) -> pd.DataFrame:
     """A CSV/TSV as strings (no NA guessing: ids keep leading zeros); missing columns or empty cells raise."""
     if not path.is_file():
@@ -134,6 +146,9 @@ def _read_table(path: Path, *, sep: str, required: Iterable[str], nonempty: Iter
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, quoting=0 if sep == "," else 3)
     except pd.errors.ParserError as error:  # its message names the line ("Expected 4 fields in line 7")
         raise ValueError(f"{path}: malformed table ({error})") from None
+    except UnicodeDecodeError:
+        line_number, reason = _first_undecodable_line(path)
+        raise ValueError(f"{path}:{line_number}: not UTF-8 ({reason}); re-encode the file as UTF-8") from None
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise ValueError(f"{path}: columns {missing} are missing (found {list(frame.columns)})")
@@ -147,20 +162,40 @@ def _read_table(path: Path, *, sep: str, required: Iterable[str], nonempty: Iter
 def _to_int_column(frame: pd.DataFrame, column: str, path: Path) -> list[int]:
     """Parse a numeric column to ints; a bad cell raises naming the file and line (header = line 1)."""
     numbers = pd.to_numeric(frame[column], errors="coerce")
-    bad = numbers.isna() | (numbers != numbers.round())
+    bad = numbers.isna() | ~numbers.between(*_TIMESTAMP_RANGE) | (numbers != numbers.round())  # inf, 1e30 too
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0])
-        raise ValueError(f"{path}:{row + 2}: column {column!r} value {frame[column].iat[row]!r} is not an integer")
+        raise ValueError(f"{path}:{row + 2}: column {column!r} value {frame[column].iat[row]!r} is not an integer "
+                         "(finite, within the Unix seconds of years 1-9999)")
     return numbers.astype("int64").tolist()
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    """Yield (line number, object) from JSON lines, gzip'd when the name ends in .gz."""
+    """Yield (line number, object) from JSON lines, gzip'd when the name ends in .gz.
+
+    Lines are decoded one by one, so a non-UTF-8 byte, malformed JSON or a truncated/corrupt gzip stream is a
+    `ValueError` naming the file and the line.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    line_number = 0
+    with opener(path, "rb") as handle:
+        lines = iter(handle)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except (EOFError, OSError, zlib.error) as error:  # a truncated or corrupt .gz stream
+                raise ValueError(f"{path}:{line_number + 1}: the gzip stream is truncated or corrupt after line "
+                                 f"{line_number} ({error})") from None
+            line_number += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not UTF-8 (byte {raw[error.start:error.start + 1]!r} at "
+                                 f"column {error.start + 1}); re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -172,6 +207,30 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
             yield line_number, row
 
 
+class _IdReader:
+    """Ids of one file's columns: str or integer, one kind per column, so 0 and "0" never merge silently."""
+
+    def __init__(self):
+        self.kinds: dict[str, tuple[str, str]] = {}  # field -> (kind, where it was first seen)
+
+    def __call__(self, value: Any, field: str, where: str) -> str:
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars from Parquet
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            hint = " (a float id is ambiguous: 1.0 vs '1'; store ids as strings or integers)" if isinstance(
+                value, float) else ""
+            raise ValueError(f"{where}: field {field!r} value {value!r} is a {type(value).__name__}; ids must be "
+                             f"strings or integers{hint}")
+        kind = "str" if isinstance(value, str) else "int"
+        first = self.kinds.setdefault(field, (kind, where))
+        if first[0] != kind:
+            names = {"str": "a string", "int": "an integer"}
+            raise ValueError(f"{where}: field {field!r} value {value!r} is {names[kind]} but it was "
+                             f"{names[first[0]]} at {first[1]}; one column mixes id types (0 and \"0\" would "
+                             f"merge): write every {field} in one type")
+        return str(value)
+
+
 def _require_fields(row: Mapping, fields: Iterable[str], where: str) -> None:
     for field in fields:
         if row.get(field) is None or row.get(field) == "":
@@ -181,6 +240,8 @@ def _require_fields(row: Mapping, fields: Iterable[str], where: str) -> None:
 def _parse_rating(value: Any, where: str) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, bool):  # JSON true would otherwise be rating 1
+        raise ValueError(f"{where}: field 'rating' value {value!r} is a boolean, not a rating from 1 to 5")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -190,13 +251,22 @@ def _parse_rating(value: Any, where: str) -> int | None:
     return int(number)
 
 
+# Unix seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC: the ISO-date range, and far inside int64
+_TIMESTAMP_RANGE = (-62135596800, 253402300799)
+
+
 def _parse_timestamp(value: Any, where: str) -> int:
     """Unix seconds (int, float or numeric string) or an ISO date/time (UTC when no zone is given)."""
     if not isinstance(value, bool):
         try:
-            return int(float(value))
-        except (TypeError, ValueError):
-            pass
+            seconds = float(value)
+        except (TypeError, ValueError, OverflowError):
+            seconds = None
+        if seconds is not None:
+            if not _TIMESTAMP_RANGE[0] <= seconds <= _TIMESTAMP_RANGE[1]:  # also inf and nan
+                raise ValueError(f"{where}: field 'timestamp' value {value!r} is not a Unix time in seconds between "
+                                 "years 1 and 9999")
+            return int(seconds)
         try:
             stamp = pd.Timestamp(value)
             stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
@@ -210,8 +280,8 @@ def _parse_timestamp(value: Any, where: str) -> int:
 # Filters and splits
 # ----------------------------------------------------------------------------------------------
 
-def _drop_repeated_pairs(interactions: list[_Interaction], name: str) -> list[_Interaction]:
-    """Keep the first (user, item) interaction in source order (peer §2.2, H&M step 3)."""
+def _drop_repeated_pairs(interactions: list[_Interaction], name: str, dropped: Counter) -> list[_Interaction]:
+    """Keep the first (user, item) interaction in source order (peer §2.2, H&M step 3); counts into `dropped`."""
     seen: set[tuple[str, str]] = set()
     kept = []
     for interaction in interactions:
@@ -219,14 +289,16 @@ def _drop_repeated_pairs(interactions: list[_Interaction], name: str) -> list[_I
         if pair not in seen:
             seen.add(pair)
             kept.append(interaction)
+    dropped["repeated (user, item) rows (the first kept)"] += len(interactions) - len(kept)
     logger.info("%s: dropped %d repeated (user, item) rows, keeping each pair's first; %d rows left",
                 name, len(interactions) - len(kept), len(kept))
     return kept
 
 
-def _iterative_core(interactions: list[_Interaction], min_user: int, min_item: int, name: str) -> list[_Interaction]:
+def _iterative_core(interactions: list[_Interaction], min_user: int, min_item: int, name: str,
+                    dropped: Counter) -> list[_Interaction]:
     """Drop users with < min_user and items with < min_item rows, counted on the current data, until stable."""
-    rounds = 0
+    rounds, before = 0, len(interactions)
     while True:
         user_counts = Counter(interaction.user_id for interaction in interactions)
         item_counts = Counter(interaction.item_id for interaction in interactions)
@@ -235,6 +307,8 @@ def _iterative_core(interactions: list[_Interaction], min_user: int, min_item: i
             break
         rounds += 1
         interactions = kept
+    dropped[f"rows of users under {min_user} or items under {min_item} interactions (iterative core)"] += (
+        before - len(interactions))
     logger.info("%s: %d-core users / %d-core items took %d removal rounds; %d rows, %d users, %d items left",
                 name, min_user, min_item, rounds, len(interactions),
                 len({i.user_id for i in interactions}), len({i.item_id for i in interactions}))
@@ -251,12 +325,17 @@ def _user_sequences(interactions: list[_Interaction]) -> dict[str, list[_Interac
     return sequences
 
 
-def _drop_short_users(sequences: dict[str, list[_Interaction]], protocol: str, name: str):
+def _drop_short_users(sequences: dict[str, list[_Interaction]], protocol: str, name: str, dropped: Counter):
     minimum = MIN_USER_INTERACTIONS[protocol]
     kept = {user: sequence for user, sequence in sequences.items() if len(sequence) >= minimum}
     if len(kept) < len(sequences):
+        dropped[f"users with fewer than {minimum} interactions (the {protocol} minimum)"] += len(sequences) - len(kept)
         logger.info("%s: dropped %d users with fewer than %d interactions, which the %s protocol needs",
                     name, len(sequences) - len(kept), minimum, protocol)
+    if not kept:
+        raise ValueError(f"{name}: no user has the {minimum} interactions the {protocol} protocol needs "
+                         f"({len(sequences)} users, at most {max((len(q) for q in sequences.values()), default=0)} "
+                         "interactions each); nothing to split")
     return kept
 
 
@@ -281,6 +360,10 @@ def _split_sequences(sequences, protocol: str, seed: int, fractions: tuple[float
     assignment = {user: "train" for user in users[:num_train]}
     assignment.update({user: "validation" for user in users[num_train:num_train + num_validation]})
     assignment.update({user: "test" for user in users[num_train + num_validation:]})
+    empty = [split for split, count in zip(USER_SPLITS, (num_train, num_validation, num_test)) if count == 0]
+    if empty:
+        raise ValueError(f"user_disjoint with fractions {tuple(fractions)} and {len(users)} users leaves the "
+                         f"{' and '.join(empty)} split(s) empty; give more users or other fractions")
     for user, sequence in sequences.items():  # rows keep the users' first-appearance order
         splits[assignment[user]].append((sequence[:-1], sequence[-1]))
     return splits
@@ -353,6 +436,35 @@ def _rows_to_columns(rows: list[tuple[list[_Interaction], _Interaction]]) -> dic
     return columns
 
 
+BUILD_REPORT_PREFIX = "unimp build report: "  # the line of DatasetInfo.description that holds the JSON report
+
+
+def _describe_dropped(dropped: Mapping[str, int]) -> str:
+    """'3 repeated (user, item) rows (the first kept); 2 users with ...' for the non-zero classes."""
+    return "; ".join(f"{count} {what}" for what, count in dropped.items() if count)
+
+
+def read_build_report(dataset: Dataset) -> dict:
+    """What the builder dropped, from a split's `info.description`: {"dropped": {class: count}} ({} if unknown).
+
+    Args:
+        dataset: any split of a builder's DatasetDict (also after `save_to_disk` / the Hub).
+    """
+    for line in (dataset.info.description or "").splitlines():
+        if line.startswith(BUILD_REPORT_PREFIX):
+            return json.loads(line[len(BUILD_REPORT_PREFIX):])
+    return {}
+
+
+def read_licence(provenance_path: str | os.PathLike) -> str | None:
+    """The '## Licence' section of a PROVENANCE.md (shared/data's layout), or None when there is none."""
+    path = Path(provenance_path)
+    if not path.is_file():
+        return None
+    match = re.search(r"^##\s+Licen[cs]e[^\n]*\n(.*?)(?=^##\s|\Z)", path.read_text(), flags=re.M | re.S)
+    return match.group(1).strip() if match else None
+
+
 def _make_dataset(columns: dict[str, list], features: Features, info: dict, split: str) -> Dataset:
     """Columns already in Arrow storage form -> Dataset, without datasets' per-value encoding (10x faster)."""
     table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
@@ -368,16 +480,24 @@ def _assemble(
     seed: int,
     fractions: tuple[float, float, float],
     check_images: bool,
+    dropped: Counter,
+    licence: str | None,
+    source: str | os.PathLike,
     item_order: Iterable[str] | None = None,
 ) -> DatasetDict:
     """Sequences -> split rows -> DatasetDict; `items` may be a function of the training interactions.
 
     The item table holds the items of the kept interactions, in `item_order` (the item file's order)
-    when given, else in order of first appearance in the source rows.
+    when given, else in order of first appearance in the source rows. Everything dropped on the way (`dropped`,
+    plus the items nobody interacted with) is logged in one WARNING line and stored in the splits'
+    `DatasetInfo.description` (`read_build_report`); `licence` (the source's terms) goes to `DatasetInfo.license`.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is not one of {PROTOCOLS}")
-    sequences = _drop_short_users(_user_sequences(interactions), protocol, name)
+    if not interactions:
+        raise ValueError(f"{source}: no interactions to build {name} from (an empty file, or every row was "
+                         f"dropped: {_describe_dropped(dropped) or 'nothing dropped'})")
+    sequences = _drop_short_users(_user_sequences(interactions), protocol, name, dropped)
     splits = _split_sequences(sequences, protocol, seed, fractions)
     if callable(items):  # item text built from training interactions only, so no eval target leaks into it
         items = items(_training_interactions(splits))
@@ -390,13 +510,19 @@ def _assemble(
                                                       interaction.source_row)
         item_order = sorted(first_rows, key=first_rows.__getitem__)
     table = [dict(items[item_id]) for item_id in item_order if item_id in used]
+    dropped["items nobody interacted with (after the filters above)"] += len(set(items) - used)
+    summary = _describe_dropped(dropped)
+    if summary:
+        logger.warning("%s (%s): dropped %s", name, protocol, summary)
     if check_images:
         _check_images(table, name)
     for item in table:
         item["attributes"] = [{"key": str(key), "value": None if value is None else str(value)}
                               for key, value in item["attributes"]]
-    info = {"dataset_name": name, "config_name": protocol,
-            "description": f"unimp {name}, {protocol} split (seed {seed}); built by processing/datasets_unimp.py"}
+    report = {"dropped": {what: count for what, count in dropped.items() if count}}
+    info = {"dataset_name": name, "config_name": protocol, "license": licence,
+            "description": f"unimp {name}, {protocol} split (seed {seed}); built by processing/datasets_unimp.py\n"
+                           f"{BUILD_REPORT_PREFIX}{json.dumps(report)}"}
     dataset_dict = DatasetDict({
         split: _make_dataset(_rows_to_columns(rows), USER_ROW_FEATURES, info, split)
         for split, rows in splits.items()
@@ -472,7 +598,8 @@ def build_ml100k(
     logger.info("%s: %d of %d items have no poster and are image-less", name,
                 sum(1 for item in items.values() if item["image"] is None), len(items))
     return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
-                     check_images=check_images, item_order=list(items))
+                     check_images=check_images, dropped=Counter(), licence=read_licence(folder / "PROVENANCE.md"),
+                     source=inter_path, item_order=list(items))
 
 
 def build_hm(
@@ -524,13 +651,14 @@ def build_hm(
         manifest["article_id"], manifest["has_image"], manifest["image_path"]) if has_image == "1" and path}
     interactions = [_Interaction(customer, article, time, row) for row, (customer, article, time) in enumerate(
         zip(frame["customer_id"], frame["article_id"], seconds))]
-    raw_count = len(interactions)
+    raw_count, dropped = len(interactions), Counter()
     interactions = [interaction for interaction in interactions if interaction.item_id in image_of]
+    dropped["transactions whose article has no image (image_manifest.csv)"] += raw_count - len(interactions)
     logger.info("%s: dropped %d of %d transactions whose article has no image (image_manifest.csv has_image "
                 "!= 1); %d left", name, raw_count - len(interactions), raw_count, len(interactions))
     interactions.sort(key=lambda interaction: interaction.timestamp)  # stable; a no-op on the date-sorted file
-    interactions = _drop_repeated_pairs(interactions, name)
-    interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name)
+    interactions = _drop_repeated_pairs(interactions, name, dropped)
+    interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name, dropped)
 
     articles_path = folder / "articles.csv"
     articles = _read_table(articles_path, sep=",", required=(
@@ -564,13 +692,14 @@ def build_hm(
         return items
 
     return _assemble(name, interactions, describe_items, protocol=protocol, seed=seed, fractions=fractions,
-                     check_images=check_images, item_order=list(dict.fromkeys(articles["article_id"])))
+                     check_images=check_images, dropped=dropped, licence=read_licence(folder / "PROVENANCE.md"),
+                     source=transactions_path, item_order=list(dict.fromkeys(articles["article_id"])))
 
 
 def _read_amazon_reviews(path: Path, row_offset: int, user_suffix: str,
                          summaries: dict[int, tuple[int, str | None]] | None = None) -> list[_Interaction]:
     """Reviews -> interactions; fills `summaries` (source row -> (helpful votes, summary)) when given."""
-    interactions = []
+    interactions, read_id = [], _IdReader()
     for line_number, row in _read_jsonl(path):
         where = f"{path}:{line_number}"
         if summaries is not None:
@@ -578,8 +707,8 @@ def _read_amazon_reviews(path: Path, row_offset: int, user_suffix: str,
             summaries[row_offset + line_number - 1] = (int(helpful[0]), _clean_html(row.get("summary")))
         _require_fields(row, ("reviewerID", "asin", "unixReviewTime", "overall"), where)
         interactions.append(_Interaction(
-            user_id=f"{row['reviewerID']}{user_suffix}",
-            item_id=str(row["asin"]),
+            user_id=f"{read_id(row['reviewerID'], 'reviewerID', where)}{user_suffix}",
+            item_id=read_id(row["asin"], "asin", where),
             timestamp=_parse_timestamp(row["unixReviewTime"], where),
             source_row=row_offset + line_number - 1,
             rating=_parse_rating(row["overall"], where),
@@ -641,7 +770,8 @@ def build_amazon_mi(
         return items
 
     return _assemble(name, interactions, describe_items, protocol=protocol, seed=seed, fractions=fractions,
-                     check_images=False)
+                     check_images=False, dropped=Counter(), licence=read_licence(path.parent / "PROVENANCE.md"),
+                     source=path)
 
 
 def _amazon_2018_item(meta: Mapping[str, Any], category: str) -> dict:
@@ -701,6 +831,7 @@ def build_amazon_2018(
     folder = _dataset_folder(data_dir, name)
     interactions: list[_Interaction] = []
     items: dict[str, dict] = {}
+    dropped = Counter()
     for category in categories:
         reviews = _read_amazon_reviews(folder / f"{category}_5.json.gz", len(interactions), f"_{category}")
         interactions.extend(reviews)
@@ -711,6 +842,7 @@ def build_amazon_2018(
                 duplicates += 1
                 continue
             items[str(meta["asin"])] = _amazon_2018_item(meta, category)
+        dropped["duplicate asin rows of the meta files (the first kept)"] += duplicates
         logger.info("%s: meta_%s has %d duplicate asin rows, dropped keeping the first", name, category,
                     duplicates)
         missing = {i.item_id for i in reviews} - set(items)
@@ -720,10 +852,11 @@ def build_amazon_2018(
                                         category=category.replace("_", " "))
         logger.info("%s: %d reviewed %s items have no metadata row; they keep Unknown attributes", name,
                     len(missing), category)
-    interactions = _drop_repeated_pairs(interactions, name)
-    interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name)
+    interactions = _drop_repeated_pairs(interactions, name, dropped)
+    interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name, dropped)
     return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
-                     check_images=False)
+                     check_images=False, dropped=dropped, licence=read_licence(folder / "PROVENANCE.md"),
+                     source=folder)
 
 
 def _read_records(path: Path) -> Iterable[tuple[int, dict]]:
@@ -773,11 +906,14 @@ def build_generic(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     check_images: bool = True,
     drop_repeated_pairs: bool = True,
+    licence: str | None = None,
 ) -> DatasetDict:
     """Your own data, as JSON lines (`.jsonl`, `.json`, optionally `.gz`) or Parquet, in this schema.
 
     Interactions, one per line/row: `user_id` (str|int), `item_id` (str|int), `timestamp` (Unix seconds or
-    an ISO date; ties keep file order), optional `rating` (int 1-5), optional `explanation` (str).
+    an ISO date; ties keep file order), optional `rating` (int 1-5), optional `explanation` (str). Each id
+    column holds one type (strings or integers: 0 and "0" would otherwise merge), the same for `item_id` in
+    both files.
     Items, one per line/row: `item_id`, optional `title`, optional `category` (path used as search query),
     `attributes` (an ordered object {key: value} or a list of {"key", "value"}), optional `image` (a file
     path; relative paths resolve against `image_root`, default the items file's folder).
@@ -792,21 +928,25 @@ def build_generic(
         fractions: train/validation/test user fractions of "user_disjoint".
         check_images: decode every image once; failures make the item image-less with one warning.
         drop_repeated_pairs: keep only the first interaction of each (user, item) pair.
+        licence: the data's terms of use, stored as `DatasetInfo.license` and carried into checkpoints trained
+            on it (recipes/push_to_hub.py refuses a public push of data whose terms forbid redistribution).
 
     Returns:
         DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
 
     Raises:
-        ValueError: a malformed line/row (named by file and line), or a repeated item id.
+        ValueError: a malformed line/row (named by file and line), a repeated item id, an id that is not a
+            string or integer, a column mixing both, an empty interactions file.
         KeyError: an interaction names an item missing from the items file.
     """
     items_path, interactions_path = Path(items_path), Path(interactions_path)
     root = Path(image_root) if image_root is not None else items_path.parent
     items: dict[str, dict] = {}
+    read_id = _IdReader()  # one reader for both files: item_id must have one type in both
     for line_number, row in _read_records(items_path):
         where = f"{items_path}:{line_number}"
         _require_fields(row, ("item_id",), where)
-        item_id = str(row["item_id"])
+        item_id = read_id(row["item_id"], "item_id", where)
         if item_id in items:
             raise ValueError(f"{where}: item_id {item_id!r} appears a second time")
         image = row.get("image")
@@ -820,19 +960,22 @@ def build_generic(
     for line_number, row in _read_records(interactions_path):
         where = f"{interactions_path}:{line_number}"
         _require_fields(row, ("user_id", "item_id", "timestamp"), where)
-        item_id = str(row["item_id"])
+        item_id = read_id(row["item_id"], "item_id", where)
+        user_id = read_id(row["user_id"], "user_id", where)
         if item_id not in items:
             raise KeyError(f"{where}: item_id {item_id!r} is not in {items_path}")
         explanation = row.get("explanation")
         if explanation is not None and not isinstance(explanation, str):
             raise ValueError(f"{where}: field 'explanation' must be a string, got {type(explanation).__name__}")
-        interactions.append(_Interaction(str(row["user_id"]), item_id, _parse_timestamp(row["timestamp"], where),
+        interactions.append(_Interaction(user_id, item_id, _parse_timestamp(row["timestamp"], where),
                                          len(interactions), _parse_rating(row.get("rating"), where),
                                          explanation or None))
+    dropped = Counter()
     if drop_repeated_pairs:
-        interactions = _drop_repeated_pairs(interactions, name)
+        interactions = _drop_repeated_pairs(interactions, name, dropped)
     return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
-                     check_images=check_images, item_order=list(items))
+                     check_images=check_images, dropped=dropped, licence=licence, source=interactions_path,
+                     item_order=list(items))
 
 
 _BUILDERS: dict[str, Callable[..., DatasetDict]] = {
@@ -863,6 +1006,7 @@ def load_unimp_dataset(name: str, data_dir: str | os.PathLike | None = None, **k
 
 __all__ = [
     "AMAZON_2018_CATEGORIES",
+    "BUILD_REPORT_PREFIX",
     "DATASET_NAMES",
     "ITEMS_SPLIT",
     "ITEM_FEATURES",
@@ -878,4 +1022,6 @@ __all__ = [
     "build_ml100k",
     "default_data_dir",
     "load_unimp_dataset",
+    "read_build_report",
+    "read_licence",
 ]
