@@ -232,6 +232,25 @@ class UniMPPreTrainedModel(PreTrainedModel):
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks weights is a `ValueError` naming them.
+
+        transformers would initialise the missing tensors at random and only print a load report: a checkpoint
+        whose `lm_head.weight` was lost then ranks items at random. Where the config ties the head to the input
+        embeddings (`tie_word_embeddings`), the head is not stored and is re-tied, which is correct; an untied head
+        cannot be recovered. Pass `output_loading_info=True` to get `(model, loading_info)` and decide yourself.
+        """
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or ())
+        if missing and not wants_info:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"{pretrained_model_name_or_path}: the checkpoint lacks {len(missing)} weight tensor(s) "
+                             f"({shown}); they would be random. Re-save the checkpoint, or pass "
+                             "output_loading_info=True to load it anyway and inspect what is missing")
+        return (model, info) if wants_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -225,7 +225,7 @@ def augment_pixels(pixels: torch.Tensor, max_shift: int, generator: torch.Genera
 def load_pixels(paths: list[str], size: int, cache_path: Path) -> torch.Tensor:
     """(N, 3, size, size) uint8 pixels of `paths`, decoded once and cached at `cache_path`."""
     if cache_path.is_file():
-        cached = torch.load(cache_path)
+        cached = torch.load(cache_path, weights_only=True)  # a cache holds tensors, str and lists only
         if cached["paths"] == paths:
             return cached["pixels"]
     arrays = [load_pixel_array(path, size) for path in tqdm(paths, desc=f"resize images to {size} px")]
@@ -239,7 +239,7 @@ def load_text_embeddings(texts: list[str], args: VisionPretrainingArguments, cac
     """(n, E) MiniLM embeddings of `texts`, computed once and cached at `cache_path`."""
     model_path = str(args.text_model_name_or_path or default_text_model_path())
     if cache_path.is_file():
-        cached = torch.load(cache_path)
+        cached = torch.load(cache_path, weights_only=True)  # a cache holds tensors, str and lists only
         if cached["texts"] == texts and cached["model"] == model_path:
             return cached["embeddings"]
     embeddings = embed_texts(texts, model_path, batch_size=args.text_batch_size, progress=True)

@@ -103,7 +103,7 @@ def load_item_pixels(items: dict[str, dict], resolution: int, cache_path: Path |
     does (JPEG draft decode, bicubic, aspect ratio not kept), cached at `cache_path`."""
     paths = {item_id: item["image"] for item_id, item in items.items() if isinstance(item.get("image"), str)}
     if cache_path is not None and cache_path.is_file():
-        cached = torch.load(cache_path)
+        cached = torch.load(cache_path, weights_only=True)  # a cache holds tensors, str and lists only
         if cached["paths"] == paths:
             return cached["pixels"]
     pixels = {}

@@ -124,7 +124,7 @@ def load_dataset_images(args: ImageTokenizerRecipeArguments, resolution: int) ->
     ids = [item_id for item_id, _ in items]
     cache_path = Path(args.output_dir) / "cache" / f"images_{args.dataset}_{resolution}px.pt"
     if cache_path.is_file():
-        cached = torch.load(cache_path)
+        cached = torch.load(cache_path, weights_only=True)  # a cache holds tensors, str and lists only
         if cached["ids"] == ids:
             return ids, cached["pixels"]
     # JPEG draft decode (DCT-domain downscale): much faster on large photos, and the pixels the tokenizer trains on

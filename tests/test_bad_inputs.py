@@ -230,3 +230,241 @@ def test_four_threads_on_one_pipeline_give_the_results_of_one(recommend):
         for got, want in zip(results[worker], expected):
             assert [r["item_id"] for r in got] == [r["item_id"] for r in want]
             assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)
+
+
+# ------------------------------------------------------------------ builders
+def _jsonl(path, rows) -> str:
+    import json
+
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return str(path)
+
+
+def _interactions(num_users: int = 2, num_items: int = 4, user=lambda u: f"u{u}") -> list[dict]:
+    return [{"user_id": user(u), "item_id": f"i{k}", "timestamp": 100 + k, "rating": 3}
+            for u in range(num_users) for k in range(num_items)]
+
+
+@pytest.fixture
+def items_file(tmp_path):
+    return _jsonl(tmp_path / "items.jsonl", [{"item_id": f"i{k}", "title": f"Item {k}"} for k in range(6)])
+
+
+def _build(tmp_path, items_file, rows, **kwargs):
+    from processing.datasets_unimp import build_generic
+
+    return build_generic(_jsonl(tmp_path / "interactions.jsonl", rows), items_file, check_images=False, **kwargs)
+
+
+@pytest.mark.parametrize("timestamp", ["inf", 1e30, "nan", -1e12])
+def test_builder_timestamp_out_of_range_names_file_and_line(tmp_path, items_file, timestamp):
+    rows = _interactions()
+    rows[5]["timestamp"] = timestamp
+    with pytest.raises(ValueError, match=r"interactions\.jsonl:6: field 'timestamp' value .* is not a Unix time"):
+        _build(tmp_path, items_file, rows)
+
+
+def test_builder_infinite_timestamp_in_a_table_names_file_and_line(tmp_path):
+    from processing.datasets_unimp import build_ml100k
+
+    folder = tmp_path / "ml-100k-posters"
+    folder.mkdir()
+    (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                          "1\t1\t4\t880000000\n1\t2\t4\tinf\n")
+    with pytest.raises(ValueError, match=r"ml-100k\.inter:3: column 'timestamp:float' value 'inf' is not an integer"):
+        build_ml100k(tmp_path)
+
+
+def test_builder_non_utf8_byte_names_file_and_line(tmp_path, items_file):
+    path = tmp_path / "interactions.jsonl"
+    _jsonl(path, _interactions())
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"u0", b"u\xff0")
+    path.write_bytes(b"".join(lines))
+    from processing.datasets_unimp import build_generic
+
+    with pytest.raises(ValueError, match=r"interactions\.jsonl:3: not UTF-8 \(byte b'\\xff' at column \d+\)"):
+        build_generic(path, items_file, check_images=False)
+
+
+def test_builder_non_utf8_byte_in_a_table_names_file_and_line(tmp_path):
+    from processing.datasets_unimp import build_ml100k
+
+    folder = tmp_path / "ml-100k-posters"
+    folder.mkdir()
+    (folder / "ml-100k.inter").write_bytes(b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                           b"1\t1\t4\t880000000\n1\t2\t4\t880000001\n1\t\xe93\t4\t880000002\n")
+    with pytest.raises(ValueError, match=r"ml-100k\.inter:4: not UTF-8 \(byte b'\\xe9' at column 3\)"):
+        build_ml100k(tmp_path)
+
+
+def test_builder_truncated_gzip_names_file_and_line(tmp_path, items_file):
+    import gzip
+
+    from processing.datasets_unimp import build_generic
+
+    text = "".join(__import__("json").dumps(row) + "\n" for row in _interactions(num_users=40))
+    packed = gzip.compress(text.encode())
+    path = tmp_path / "interactions.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ValueError, match=r"interactions\.jsonl\.gz:\d+: the gzip stream is truncated or corrupt "
+                                         r"after line \d+"):
+        build_generic(path, items_file, check_images=False)
+
+
+def test_builder_parquet_float_item_id_names_file_and_row(tmp_path, items_file):
+    import pandas as pd
+
+    from processing.datasets_unimp import build_generic
+
+    frame = pd.DataFrame({"user_id": ["u0"] * 4, "item_id": [1.0, 2.0, 3.0, 4.0], "timestamp": [1, 2, 3, 4]})
+    frame.to_parquet(tmp_path / "interactions.parquet")
+    with pytest.raises(ValueError, match=r"interactions\.parquet:1: field 'item_id' value 1\.0 is a float; ids "
+                                         r"must be strings or integers \(a float id is ambiguous"):
+        build_generic(tmp_path / "interactions.parquet", items_file, check_images=False)
+
+
+def test_builder_empty_interactions_file_is_an_error_naming_it(tmp_path, items_file):
+    with pytest.raises(ValueError, match=r"interactions\.jsonl: no interactions to build custom from"):
+        _build(tmp_path, items_file, [])
+
+
+def test_builder_logs_one_warning_line_with_every_dropped_class_and_stores_it(tmp_path, items_file, caplog):
+    import logging
+
+    from processing.datasets_unimp import read_build_report
+
+    rows = _interactions(num_users=2, num_items=4)
+    rows += [rows[0], rows[1], rows[5]]  # 3 repeated pairs
+    rows += [{"user_id": "short", "item_id": "i0", "timestamp": 1}]  # a user under the minimum of 4
+    with caplog.at_level(logging.WARNING, logger="processing.datasets_unimp"):
+        dataset_dict = _build(tmp_path, items_file, rows)
+    lines = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(lines) == 1
+    assert lines[0].getMessage() == (
+        "custom (leave_one_out): dropped 3 repeated (user, item) rows (the first kept); 1 users with fewer than 4 "
+        "interactions (the leave_one_out minimum); 2 items nobody interacted with (after the filters above)")
+    expected = {"repeated (user, item) rows (the first kept)": 3,
+                "users with fewer than 4 interactions (the leave_one_out minimum)": 1,
+                "items nobody interacted with (after the filters above)": 2}
+    for split in dataset_dict.values():
+        assert read_build_report(split) == {"dropped": expected}
+    dataset_dict.save_to_disk(tmp_path / "saved")
+    from datasets import load_from_disk
+
+    assert read_build_report(load_from_disk(str(tmp_path / "saved"))["train"]) == {"dropped": expected}
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"user_id": 0, "item_id": "i0", "timestamp": 1}, {"user_id": "0", "item_id": "i1", "timestamp": 2}],
+     r"interactions\.jsonl:2: field 'user_id' value '0' is a string but it was an integer at .*interactions\.jsonl:1"
+     r"; one column mixes id types"),
+    ([{"user_id": {"a": 1}, "item_id": "i0", "timestamp": 1}],
+     r"interactions\.jsonl:1: field 'user_id' value \{'a': 1\} is a dict; ids must be strings or integers"),
+    ([{"user_id": "u0", "item_id": "i0", "timestamp": 1, "rating": True}],
+     r"interactions\.jsonl:1: field 'rating' value True is a boolean"),
+    ([{"user_id": "u0", "item_id": True, "timestamp": 1}], r"field 'item_id' value True is a bool"),
+])
+def test_builder_ambiguous_ids_and_boolean_ratings_are_errors(tmp_path, items_file, rows, message):
+    with pytest.raises(ValueError, match=message):
+        _build(tmp_path, items_file, rows)
+
+
+def test_builder_item_ids_of_another_type_than_the_items_file_are_an_error(tmp_path):
+    items = _jsonl(tmp_path / "items.jsonl", [{"item_id": k, "title": f"Item {k}"} for k in range(4)])
+    with pytest.raises(ValueError, match=r"interactions\.jsonl:1: field 'item_id' value 'i0' is a string but it was "
+                                         r"an integer at .*items\.jsonl:1"):
+        _build(tmp_path, items, _interactions())
+
+
+def test_builder_user_disjoint_with_too_few_users_for_every_split_is_an_error(tmp_path, items_file):
+    rows = _interactions(num_users=5, num_items=3)
+    with pytest.raises(ValueError, match=r"user_disjoint with fractions \(0\.8, 0\.1, 0\.1\) and 5 users leaves the "
+                                         r"validation and test split\(s\) empty"):
+        _build(tmp_path, items_file, rows, protocol="user_disjoint")
+    dataset_dict = _build(tmp_path, items_file, rows, protocol="user_disjoint", fractions=(0.6, 0.2, 0.2))
+    assert [len(dataset_dict[split]) for split in ("train", "validation", "test")] == [3, 1, 1]
+
+
+def test_builder_records_the_licence_of_built_in_data(data_dir):
+    from processing.datasets_unimp import read_licence
+
+    for name in ("ml-100k-posters", "hm-sample", "amazon-mi-2014-5core", "amazon-2018-small-5core"):
+        licence = read_licence(data_dir / name / "PROVENANCE.md")
+        assert licence and "redistribut" in licence, name
+
+
+def test_builder_stores_the_given_licence(tmp_path, items_file):
+    dataset_dict = _build(tmp_path, items_file, _interactions(), licence="CC BY 4.0")
+    assert {split.info.license for split in dataset_dict.values()} == {"CC BY 4.0"}
+
+
+# ------------------------------------------------------------------ checkpoints and recipes
+def test_checkpoint_without_lm_head_is_an_error_at_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    UniMPForConditionalGeneration(make_tiny_config()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 weight tensor\(s\) \(lm_head\.weight\); they would be random"):
+        UniMPForConditionalGeneration.from_pretrained(tmp_path)
+    model, info = UniMPForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)  # the opt-out
+    assert set(info["missing_keys"]) == {"lm_head.weight"}
+    assert model.lm_head.weight.shape[0] == model.config.text_config.vocab_size
+
+
+def test_tied_head_is_not_stored_and_is_re_tied_at_load(tmp_path):
+    from safetensors.torch import load_file
+
+    UniMPForConditionalGeneration(make_tiny_config(tie_word_embeddings=True)).save_pretrained(tmp_path)
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    model = UniMPForConditionalGeneration.from_pretrained(tmp_path)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_every_torch_load_in_the_code_passes_weights_only_true():
+    import ast
+    from pathlib import Path
+
+    from conftest import REPO_ROOT
+
+    calls = []
+    for package in ("modeling_unimp", "processing", "recipes", "benchmarks"):
+        for path in sorted(Path(REPO_ROOT, package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                    weights_only = [k for k in node.keywords if k.arg == "weights_only"]
+                    ok = bool(weights_only) and ast.unparse(weights_only[0].value) == "True"
+                    calls.append((f"{path.relative_to(REPO_ROOT)}:{node.lineno}", ok))
+    assert len(calls) >= 4 and [where for where, ok in calls if not ok] == []
+
+
+class _Exploit:
+    """Unpickling this runs `open(marker, "w")`: the test fails if any loader unpickles it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_code_and_pickles_in_a_checkpoint_are_never_executed_or_loaded(catalogue, tmp_path):
+    import pickle
+
+    model, processor = catalogue
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    marker = tmp_path / "pwned"
+    for name in ("modeling_unimp.py", "processing_unimp.py", "pipeline_unimp.py"):  # the remote-code files
+        (folder / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    for name in ("pytorch_model.bin", "training_args.bin", "rng_state.pth"):
+        (folder / name).write_bytes(pickle.dumps(_Exploit(marker)))
+    from transformers import AutoModel, AutoProcessor
+
+    AutoModel.from_pretrained(folder)
+    AutoProcessor.from_pretrained(folder)
+    results = pipeline("unimp-recommend", model=str(folder), device="cpu")(["m1"], top_k=2)
+    assert len(results) == 2 and not marker.exists()
