@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-report bench-rating-peers clean
+.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-report bench-rating-peers clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,6 @@ RECBOLE_VENV  := .venv-recbole
 RECBOLE_STAMP := $(RECBOLE_VENV)/.recbole-installed
 PEER_DATA     ?= outputs/recbole_atomic
 PEER_OUT      ?= outputs/bench/peers.json
-BENCH_SECONDS ?= 420
 
 $(RECBOLE_STAMP): benchmarks/setup_recbole.sh
 	benchmarks/setup_recbole.sh $(RECBOLE_VENV)
@@ -77,11 +76,23 @@ bench-rating-peers: $(STAMP) $(RECBOLE_STAMP) $(RATING_DATA)/.exported
 	TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 nice -n 15 $(RECBOLE_VENV)/bin/python benchmarks/run_rating_peers.py \
 	  --data-dir $(RATING_DATA) --datasets ml100k amazon-mi --out $(RATING_PEER_OUT) --skip-existing
 
-# One command: peers (skipped where results exist), then UniMP-tiny and its ablations, tables side by side.
-bench: bench-peers bench-rating-peers
-	$(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi \
-	  --variants unimp paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint \
-	  --max-train-seconds $(BENCH_SECONDS) --peers $(PEER_OUT) --rating-peers $(RATING_PEER_OUT) --reuse
+# UniMP-tiny's rows of BENCHMARKS.md §1.1: the default config, 3 seeds, a fixed step budget per dataset (chosen on
+# validation: benchmarks/results/step_budgets.json), one contract line per seed and masking in
+# benchmarks/results/<dataset>.jsonl. Resumable: (dataset, variant, seed) rows already there are skipped
+# (FORCE=--force reruns them). Datasets in turn, so complete seed sets land first.
+UNIMP_SEEDS ?= 0 1 2
+bench-unimp: $(STAMP) $(PEER_DATA)/.exported
+	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k amazon-mi hm --seeds $(UNIMP_SEEDS) \
+	  --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
+
+# The ablations (BENCHMARKS.md §1.4), one seed each, at the same step budgets; their lines carry the variant name.
+bench-ablations: $(STAMP) $(PEER_DATA)/.exported
+	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
+	  --variants paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint \
+	  --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
+
+# One command: every row of §1.1 (peers, then UniMP-tiny; rows in the result files are skipped), then the tables.
+bench: bench-peers bench-rating-peers bench-unimp
 	$(BIN)/python benchmarks/report.py
 
 lint: $(STAMP)

@@ -1,29 +1,47 @@
-"""UniMP-tiny next to the RecBole peers on the identical leave-one-out splits, plus ablations (issue 5).
+"""UniMP-tiny on the peers' leave-one-out splits, with fixed step budgets and seeds, as contract lines (issues 5, 11).
 
-Each UniMP variant trains in its own process (`python -m recipes.train CONFIG key=value ...`) under the same wall-time
-budget, selects its checkpoint on validation NDCG@10 and is evaluated once on test (full ranking, nothing masked:
-RecBole's sequential convention; a masked column for the general models' convention). The peers' numbers come from
-`benchmarks/run_peers.py` result files (run in their own venv, `make bench-peers`), trained on the files that
-`export_recbole_atomic` writes from the same builders.
+Each run trains in its own process (`python -m recipes.train CONFIG key=value ...`) for a fixed number of optimizer
+steps per dataset (`results/step_budgets.json`, chosen on a validation curve: `choose_budget`), with a step-based
+schedule (warmup, then constant, then linear decay to 0 over the last 30 % of the steps: transformers'
+`warmup_stable_decay`), so a result does not depend on how busy the machine was. The checkpoint is selected on
+validation NDCG@10, then `python -m recipes.evaluate CHECKPOINT --split validation test` ranks EVERY validation and
+test user, and the run appends one line per masking (`none`, `history`) to `benchmarks/results/<dataset>.jsonl`
+(`benchmarks/results.py`), with the ranks in the order of the RecBole export's `<ds>.split.tsv`, so the report pairs
+them user by user with the peers. `make demo` keeps its wall-clock budget; these runs do not use one.
 
-Usage: python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --variants unimp no_images \
-           --max-train-seconds 420 --out outputs/bench
+Usage: python -m benchmarks.run_benchmark --datasets ml100k amazon-mi hm --seeds 0 1 2
+       python -m benchmarks.run_benchmark --datasets ml100k --choose-budget   # the validation curve behind a budget
 """
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import results as contract  # noqa: E402  (standard library only, shared with run_peers.py)
+
 CONFIGS = {
     "ml100k": REPO / "recipes/configs/ml100k_tiny.yaml",
     "hm": REPO / "recipes/configs/hm_tiny.yaml",
     "amazon-mi": REPO / "recipes/configs/amazon_mi_tiny.yaml",
 }
-# Ablations of issue 5: each is a set of overrides of the dataset's config.
+BUILDER_NAMES = {"ml100k": "ml-100k-posters", "hm": "hm-sample", "amazon-mi": "amazon-mi-2014-5core"}
+MODEL_NAME = "UniMP-tiny"
+# Optimizer steps per dataset for benchmark runs live in `<results dir>/step_budgets.json` (committed), each with the
+# validation curve it was chosen on (`choose_budget` on the curve of `--choose-budget`: constant LR after warmup,
+# seed CURVE_SEED, validation NDCG@10 every EVAL_EVERY steps). A dataset missing there gets its curve run first.
+BUDGETS_FILE = "step_budgets.json"
+EVAL_EVERY = {"ml100k": 150, "amazon-mi": 150, "hm": 100}   # validation (and checkpoint) every this many steps
+CURVE_STEPS = {"ml100k": 600, "amazon-mi": 600, "hm": 600}  # length of the budget-choosing curve
+CURVE_SEED = 100            # not a benchmark seed: the budget is chosen on a run whose test numbers are never read
+DECAY_FRACTION = 0.3        # the LR decays linearly to 0 over the last 30 % of the steps (was time_decay_fraction)
+# Ablations of issue 5: each is a set of overrides of the dataset's config; "unimp" is the default config, whose
+# contract lines carry variant "default" (benchmarks/report.py pairs that variant with the best peer).
 VARIANTS = {
     "unimp": [],
     "no_images": ["use_images=false"],
@@ -37,71 +55,206 @@ VARIANTS = {
     # ml100k_tiny shows 50 history items (the last 10 with image + text): these show 10, or 50 with content
     "short_history": ["max_history_items=10", "content_history_items=null"],
     "long_history": ["max_history_items=50", "content_history_items=10"],
-    "user_disjoint": ["protocol=user_disjoint"],  # the paper's protocol (reference §5.1): unseen test users
+    "user_disjoint": ["protocol=user_disjoint"],  # the paper's protocol (reference §5.1): no contract lines
 }
 # Variants that only mean something on some datasets: the configs of ml100k and hm train rec alone (so
 # single_task is their default), amazon-mi trains rec + exp (its multi_task), H&M has no ratings for the exp task,
 # and only ml100k's config shows 50 history items.
 APPLIES_TO = {"single_task": {"amazon-mi"}, "multi_task": {"ml100k"}, "short_history": {"ml100k"},
               "long_history": {"hm", "amazon-mi"}}
-PEER_ORDER = ["Pop", "BPR", "LightGCN", "GRU4Rec", "SASRec", "BERT4Rec"]
-KS = (5, 10, 20)
+MASKING_NOTES = {
+    "none": "nothing masked: every catalogue item is ranked (RecBole's sequential-model convention)",
+    "history": "the user's history items (train items, + the valid item at test) set to -inf before ranking",
+}
 
 
-def run_variant(dataset: str, variant: str, out_dir: Path, max_train_seconds: float, extra: list[str]) -> dict:
-    """Train and test one UniMP variant in a subprocess; returns its metrics.json."""
-    output_dir = out_dir / f"{dataset}-{variant}"
-    command = [sys.executable, "-m", "recipes.train", str(CONFIGS[dataset]), f"output_dir={output_dir}",
-               f"max_train_seconds={max_train_seconds}", "disable_tqdm=true", *VARIANTS[variant], *extra]
-    print(f"[bench] {' '.join(command[2:])}", flush=True)
-    started = time.time()
-    log = out_dir / f"{dataset}-{variant}.log"
-    with log.open("w") as handle:
+def variant_name(variant: str) -> str:
+    """The contract's `variant` of a run: 'default' for the default config, else the ablation's name."""
+    return "default" if variant == "unimp" else variant
+
+
+def schedule_overrides(steps: int, eval_every: int) -> list[str]:
+    """`recipes.train` overrides for a fixed budget of `steps` optimizer steps (no wall-clock cap): warmup (the
+    config's), constant LR, linear decay to 0 over the last DECAY_FRACTION of the steps; validation and a
+    checkpoint every `eval_every` steps, and at the last step."""
+    if steps < 1 or steps % eval_every:
+        raise ValueError(f"a budget of {steps} steps must be a positive multiple of eval_every={eval_every}, so that "
+                         "the last step is validated and saved")
+    decay = max(1, round(DECAY_FRACTION * steps))
+    return [f"max_steps={steps}", "max_train_seconds=null", "time_decay_fraction=0",
+            "lr_scheduler_type=warmup_stable_decay",
+            f"lr_scheduler_kwargs={{num_decay_steps: {decay}, decay_type: linear}}",
+            f"eval_steps={eval_every}", f"save_steps={eval_every}"]
+
+
+def validation_curve(run_dir: Path, metric: str = "eval_ndcg@10") -> dict[int, float]:
+    """{step: validation metric} from the newest `checkpoint-*/trainer_state.json` of a `recipes.train` run."""
+    states = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not states:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint-*/trainer_state.json (did the run save a checkpoint?)")
+    history = json.loads(states[-1].read_text())["log_history"]
+    return {entry["step"]: entry[metric] for entry in history if metric in entry}
+
+
+def choose_budget(curve: dict[int, float]) -> int:
+    """The step budget from a constant-LR validation curve: the first step with the highest validation NDCG@10.
+
+    A step-based run of that length then decays its LR over its last 30 %, which gains over the constant-LR value
+    (§1.3: +0.004 NDCG@10 on test from the time decay); where the curve still rises at its end, the budget is its
+    last step (a cap, reported as such).
+    """
+    if not curve:
+        raise ValueError("the validation curve is empty: no evaluation was logged")
+    best = max(curve.values())
+    return min(step for step, value in curve.items() if value == best)
+
+
+def run_logged(command: list[str], log: Path) -> None:
+    print(f"[bench] {' '.join(command[2:])}  (log {log})", flush=True)
+    with log.open("a") as handle:
         result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        raise RuntimeError(f"{dataset}/{variant} failed (exit {result.returncode}); see {log}")
-    metrics = json.loads((output_dir / "metrics.json").read_text())
-    metrics["wall_seconds"] = round(time.time() - started, 1)
-    return metrics
+        raise RuntimeError(f"{' '.join(command[2:5])} failed (exit {result.returncode}); see {log}")
 
 
-def load_peers(paths: list[Path]) -> dict[str, list[dict]]:
-    """Peer runs by dataset, from run_peers.py result files."""
-    runs: dict[str, list[dict]] = {}
-    for path in paths:
-        for run in json.loads(path.read_text())["runs"]:
-            if run.get("status") == "ok" and run.get("task", "ranking") == "ranking":  # rating.json: its own table
-                runs.setdefault(run["dataset"], []).append(run)
-    return runs
+def run_curve(dataset: str, out_dir: Path, extra: list[str], budgets_path: Path) -> dict:
+    """Train the budget-choosing curve (constant LR, seed CURVE_SEED; resumes), choose the budget on it and record
+    both in `budgets_path` (`{dataset: {"steps", "curve_valid_ndcg@10", ...}}`)."""
+    run_dir = out_dir / "curves" / dataset
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "recipes.train", str(CONFIGS[dataset]), f"output_dir={run_dir}",
+               f"seed={CURVE_SEED}", "max_train_seconds=null", "time_decay_fraction=0",
+               "lr_scheduler_type=constant_with_warmup", f"max_steps={CURVE_STEPS[dataset]}",
+               f"eval_steps={EVAL_EVERY[dataset]}", f"save_steps={EVAL_EVERY[dataset]}",
+               "max_test_users=1",  # the test split is not what chooses a budget: score one user, read nothing
+               "save_total_limit=null", "disable_tqdm=true", *extra]
+    if not (run_dir / "metrics.json").exists():
+        run_logged(command, out_dir / "curves" / f"{dataset}.log")
+    curve = validation_curve(run_dir)
+    choice = {"dataset": dataset, "steps": choose_budget(curve), "curve_valid_ndcg@10": curve,
+              "curve_steps": CURVE_STEPS[dataset], "seed": CURVE_SEED, "valid_users": _valid_users(dataset),
+              "rule": "first step with the highest validation NDCG@10 under constant LR (benchmarks/run_benchmark.py)"}
+    budgets = json.loads(budgets_path.read_text()) if budgets_path.exists() else {}
+    budgets[dataset] = choice
+    budgets_path.parent.mkdir(parents=True, exist_ok=True)
+    budgets_path.write_text(json.dumps(budgets, indent=2, sort_keys=True) + "\n")
+    print(f"[bench] {dataset}: validation curve {curve} -> budget {choice['steps']} steps", flush=True)
+    return choice
 
 
-def _peer_label(run: dict) -> str:
-    overrides = ", ".join(f"{key}={value}" for key, value in (run.get("overrides") or {}).items())
-    return f"{run['model']} ({overrides})" if overrides else run["model"]
+def _valid_users(dataset: str):
+    import yaml
+
+    return yaml.safe_load(CONFIGS[dataset].read_text()).get("max_eval_users")
 
 
-def format_tables(dataset: str, unimp: dict[str, dict], peers: list[dict]) -> str:
-    """One markdown table per dataset: HR/NDCG/MRR @5/@10/@20, train time, eval throughput, peak memory."""
-    header = ["model", "masking"] + [f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in KS]
-    header += ["epochs / steps", "train s", "eval users/s", "peak MiB"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in sorted(peers, key=lambda r: (PEER_ORDER.index(r["model"]) if r["model"] in PEER_ORDER else 99)):
-        test = run["test"]
-        masking = "history masked" if run["model"] in ("Pop", "BPR", "LightGCN") else "none"
-        values = [test[f"{'hit' if m == 'HR' else m.lower()}@{k}"] for m in ("HR", "NDCG", "MRR") for k in KS]
-        epochs = f"{run['epochs_run']} ep (best {run['best_epoch']}, cap {run['epoch_cap']})"
-        lines.append("| " + " | ".join([_peer_label(run), masking, *[f"{v:.4f}" for v in values], epochs,
-                                        f"{run['train_seconds']:.0f}", f"{run['eval_users_per_s']:.0f}",
-                                        f"{run['peak_rss_mb']:.0f}"]) + " |")
-    for variant, metrics in unimp.items():
-        for key, masking in (("unimp", "none"), ("unimp_masked", "history masked")):
-            values = [metrics[key][f"{m.lower()}@{k}"] for m in ("HR", "NDCG", "MRR") for k in KS]
-            label = "UniMP-tiny" if variant == "unimp" else f"UniMP-tiny {variant}"
-            lines.append("| " + " | ".join([label, masking, *[f"{v:.4f}" for v in values],
-                                            f"{metrics['global_step']} steps", f"{metrics['trainer_seconds']:.0f}",
-                                            f"{metrics['eval_users_per_second']:.0f}",
-                                            f"{metrics['peak_rss_mib']:.0f}"]) + " |")
-    return f"### {dataset}\n\n" + "\n".join(lines) + "\n"
+def step_budget(dataset: str, budgets_path: Path, steps: int | None = None) -> int | None:
+    """--steps, else the dataset's recorded budget in `budgets_path`, else None (no budget chosen yet)."""
+    if steps:
+        return steps
+    budgets = json.loads(budgets_path.read_text()) if budgets_path.exists() else {}
+    return budgets[dataset]["steps"] if dataset in budgets else None
+
+
+def read_split_order(atomic_dir: Path, dataset: str) -> list[tuple[str, str, str]]:
+    """(user_id, valid_item, test_item) per user in the order of `<atomic_dir>/<ds>/<ds>.split.tsv`, the order of
+    the peers' `ranks`; the export is written first when missing."""
+    path = atomic_dir / dataset / f"{dataset}.split.tsv"
+    if not path.exists():
+        from benchmarks.recbole_export import export_recbole_atomic
+
+        export_recbole_atomic(BUILDER_NAMES[dataset], atomic_dir)
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        for number, text in enumerate(handle, start=2):
+            cells = dict(zip(header, text.rstrip("\n").split("\t")))
+            if not all(cells.get(k) for k in ("user_id", "valid_item", "test_item")):
+                raise ValueError(f"{path}:{number}: a row needs user_id, valid_item and test_item")
+            rows.append((cells["user_id"], cells["valid_item"], cells["test_item"]))
+    return rows
+
+
+def ranks_in_split_order(evaluated: dict, order: list[tuple[str, str, str]], split: str) -> dict[str, list[int]]:
+    """`recipes.evaluate`'s ranks re-ordered into the split file's user order; every user must be there once, with
+    the same target (so the pairing with the peers is user by user on the identical split)."""
+    ranks = evaluated["ranks"]
+    column = 2 if split == "test" else 1
+    position = {user: n for n, user in enumerate(ranks["user_ids"])}
+    if len(position) != len(ranks["user_ids"]) or set(position) != {row[0] for row in order}:
+        missing = sorted({row[0] for row in order} - set(position))[:3]
+        extra = sorted(set(position) - {row[0] for row in order})[:3]
+        raise ValueError(f"{split}: UniMP ranked {len(ranks['user_ids'])} users, the split file has {len(order)} "
+                         f"(missing e.g. {missing}, extra e.g. {extra}); evaluate every user (no --max-users)")
+    for row in order:
+        target = ranks["target_item_ids"][position[row[0]]]
+        if target != row[column]:
+            raise ValueError(f"{split}: user {row[0]!r} has target {target!r} in UniMP's split but {row[column]!r} in "
+                             "the split file: the export is stale (rerun benchmarks.recbole_export)")
+    return {masking: [ranks[masking][position[row[0]]] for row in order] for masking in contract.MASKINGS}
+
+
+def contract_lines(dataset: str, variant: str, seed: int, steps: int, run_dir: Path, order) -> list[dict]:
+    """One contract line per masking from a finished run's `metrics.json` (training) and `metrics_<split>.json`."""
+    training = json.loads((run_dir / "metrics.json").read_text())
+    test = json.loads((run_dir / "metrics_test.json").read_text())
+    valid = json.loads((run_dir / "metrics_validation.json").read_text())
+    test_ranks = ranks_in_split_order(test, order, "test")
+    valid_ranks = ranks_in_split_order(valid, order, "validation")
+    best = training.get("best_checkpoint")
+    import torch
+    import transformers
+
+    common = {
+        "dataset": dataset, "task": "rec", "model": MODEL_NAME, "variant": variant_name(variant), "seed": seed,
+        "split": "test",
+        "budget": {"steps": steps, "global_step": training["global_step"], "eval_every": EVAL_EVERY[dataset],
+                   "best_step": int(Path(best).name.split("-")[1]) if best else None,
+                   "schedule": f"warmup_stable_decay, linear decay over the last {DECAY_FRACTION:.0%}"},
+        "train_seconds": float(training["trainer_seconds"]),
+        "eval_users_per_s": float(test["eval_users_per_second"]),
+        "peak_rss_mib": float(training["peak_rss_mib"]),
+        "commit": contract.git_commit(REPO), "date": contract.utc_now(), "cpu": contract.cpu_info(),
+        "n_users": len(order), "n_items": test["num_items"],
+        "users_sha256": contract.users_digest(row[0] for row in order),
+        "valid_users": len(valid_ranks["none"]),
+        "rank_ties": "pessimistic: r = #{items j not masked : s_j >= s_target}",
+        "config": str(CONFIGS[dataset].relative_to(REPO)), "overrides": VARIANTS[variant],
+        "history_window": {k: test[k] for k in ("max_history_items", "context_order", "content_history_items")},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+    }
+    return [dict(common, masking=masking, metrics=contract.metrics_from_ranks(test_ranks[masking]),
+                 valid_metrics=contract.metrics_from_ranks(valid_ranks[masking]), ranks=test_ranks[masking],
+                 masking_note=MASKING_NOTES[masking])
+            for masking in contract.MASKINGS]
+
+
+def existing_keys(results_dir: Path) -> set:
+    return {contract.row_key(line) for line in contract.read_results(results_dir)} if results_dir.exists() else set()
+
+
+def run_seed(dataset: str, variant: str, seed: int, steps: int, out_dir: Path, extra: list[str], *,
+             atomic_dir: Path, results_dir: Path | None) -> dict:
+    """Train, evaluate every validation and test user, append the contract lines (unless `results_dir` is None)."""
+    run_dir = out_dir / f"{dataset}-{variant}-s{seed}"
+    log = out_dir / f"{dataset}-{variant}-s{seed}.log"
+    started = time.time()
+    if not (run_dir / "metrics.json").exists():   # recipes.train resumes from run_dir's last checkpoint
+        run_logged([sys.executable, "-m", "recipes.train", str(CONFIGS[dataset]), f"output_dir={run_dir}",
+                    f"seed={seed}", "disable_tqdm=true", *schedule_overrides(steps, EVAL_EVERY[dataset]),
+                    *VARIANTS[variant], *extra], log)
+    if variant == "user_disjoint":   # other users than the peers' split: nothing to pair, no contract lines
+        return json.loads((run_dir / "metrics.json").read_text())
+    if not (run_dir / "metrics_test.json").exists():
+        run_logged([sys.executable, "-m", "recipes.evaluate", str(run_dir), "--split", "validation", "test"], log)
+    lines = contract_lines(dataset, variant, seed, steps, run_dir, read_split_order(atomic_dir, dataset))
+    if results_dir is not None:
+        contract.append_results(lines, results_dir)
+    summary = {line["masking"]: round(line["metrics"]["ndcg@10"], 4) for line in lines}
+    print(f"[bench] {dataset}/{variant}/seed {seed}: {steps} steps, test NDCG@10 {summary}, "
+          f"{time.time() - started:.0f} s", flush=True)
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def load_rating_peers(path: Path) -> dict[str, list[dict]]:
@@ -159,36 +312,56 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--variants", nargs="+", default=["unimp"], choices=list(VARIANTS))
-    parser.add_argument("--max-train-seconds", type=float, default=420)
-    parser.add_argument("--peers", nargs="*", type=Path,
-                        default=sorted((REPO / "benchmarks/peer_results").glob("*.json")))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimizer steps of every run (default: the dataset's in <results-dir>/{BUDGETS_FILE})")
+    parser.add_argument("--choose-budget", action="store_true",
+                        help=f"only train each dataset's validation curve and record its budget in {BUDGETS_FILE}")
+    parser.add_argument("--force", action="store_true", help="rerun rows already in the results files")
+    parser.add_argument("--results-dir", type=Path, default=contract.RESULTS_DIR)
+    parser.add_argument("--no-results", action="store_true", help="write no contract lines (smoke runs)")
+    parser.add_argument("--atomic-dir", type=Path, default=REPO / "outputs/recbole_atomic",
+                        help="the RecBole export whose <ds>.split.tsv orders the ranks (written when missing)")
     parser.add_argument("--rating-peers", type=Path, default=REPO / "benchmarks/peer_results/rating.json")
     parser.add_argument("--out", type=Path, default=REPO / "outputs/bench")
-    parser.add_argument("--reuse", action="store_true", help="reuse finished variants' metrics.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every UniMP run")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    peers = load_peers(args.peers)
     rating_peers = load_rating_peers(args.rating_peers)
-    report, results = [], {}
-    for dataset in args.datasets:
+    results_dir = None if args.no_results else args.results_dir
+    budgets_path = args.results_dir / BUDGETS_FILE
+    report, results, failures = [], {}, []
+    for dataset in args.datasets:   # datasets outer, seeds inner: complete seed sets land first
+        if args.choose_budget:
+            results[dataset] = run_curve(dataset, args.out, args.overrides, budgets_path)
+            continue
+        steps = step_budget(dataset, budgets_path, args.steps)
+        if steps is None:   # no budget yet: choose it on validation first
+            steps = run_curve(dataset, args.out, args.overrides, budgets_path)["steps"]
         results[dataset] = {}
         for variant in args.variants:
             if dataset not in APPLIES_TO.get(variant, {dataset}):
                 print(f"[bench] {dataset}/{variant}: skipped (the variant applies to {sorted(APPLIES_TO[variant])})")
                 continue
-            existing = args.out / f"{dataset}-{variant}" / "metrics.json"
-            if args.reuse and existing.exists():
-                results[dataset][variant] = json.loads(existing.read_text())
-            else:
-                results[dataset][variant] = run_variant(dataset, variant, args.out, args.max_train_seconds,
-                                                        args.overrides)
-        report.append(format_tables(dataset, results[dataset], peers.get(dataset, [])))
+            for seed in args.seeds:
+                keys = {(dataset, "rec", MODEL_NAME, variant_name(variant), seed, m) for m in contract.MASKINGS}
+                if not args.force and results_dir is not None and keys <= existing_keys(results_dir):
+                    print(f"[bench] {dataset}/{variant}/seed {seed}: in {results_dir} already (--force reruns it)")
+                    continue
+                try:
+                    results[dataset][f"{variant} s{seed}"] = run_seed(
+                        dataset, variant, seed, steps, args.out, args.overrides, atomic_dir=args.atomic_dir,
+                        results_dir=results_dir)
+                except (RuntimeError, ValueError) as error:  # one failed run does not stop the queue; rerun resumes
+                    failures.append(f"{dataset}/{variant}/seed {seed}: {error}")
+                    print(f"[bench] FAILED {failures[-1]}", flush=True)
         report.append(format_rating_tables(dataset, results[dataset], rating_peers.get(dataset, [])))
     text = "\n".join(part for part in report if part)
-    (args.out / "tables.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(text)
+    if text:
+        (args.out / "rating_tables.md").write_text(text)
+        print(text)
+    if failures:
+        raise SystemExit("[bench] failed runs (rerun the same command to resume them):\n" + "\n".join(failures))
     return results
 
 

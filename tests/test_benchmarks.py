@@ -1,8 +1,9 @@
-"""benchmarks/run_benchmark.py: the side-by-side tables (issue 5), from synthetic results."""
+"""benchmarks/run_benchmark.py: step budgets, contract lines (issue 11) and the rating tables (issue 5)."""
 
 import importlib.util
 import json
 
+import pytest
 from conftest import REPO_ROOT
 
 
@@ -25,24 +26,91 @@ def _unimp_metrics(ndcg: float, exp: dict | None = None) -> dict:
     return metrics
 
 
-def test_ranking_table_lists_peers_then_unimp_in_both_conventions(tmp_path):
+def test_step_budget_schedule_warms_up_then_decays_linearly_over_the_last_30_percent():
+    import torch
+    from transformers import get_scheduler
+
+    from recipes import train
+
     bench = _load_run_benchmark()
-    peer = {"dataset": "ml100k", "model": "SASRec", "status": "ok", "test": {f"{'hit' if m == 'hr' else m}@{k}": 0.05
-            for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20)}, "epochs_run": 3, "best_epoch": 2, "epoch_cap": 3,
-            "train_seconds": 500.0, "eval_users_per_s": 2000.0, "peak_rss_mb": 1100.0}
-    rating_run = {"dataset": "ml100k", "model": "FM", "status": "ok", "task": "rating"}
-    path = tmp_path / "peers.json"
-    path.write_text(json.dumps({"runs": [peer, rating_run]}))
-    peers = bench.load_peers([path])
-    assert [run["model"] for run in peers["ml100k"]] == ["SASRec"]  # rating runs have their own table
-    table = bench.format_tables("ml100k", {"unimp": _unimp_metrics(0.0123), "no_text": _unimp_metrics(0.02)},
-                                peers["ml100k"])
-    lines = table.splitlines()
-    assert lines[0] == "### ml100k"
-    assert lines[4].startswith("| SASRec | none | 0.0500")
-    assert lines[5].startswith("| UniMP-tiny | none | 0.0123") and "| 700 steps | 420 | 130 | 1500 |" in lines[5]
-    assert lines[6].startswith("| UniMP-tiny | history masked | 0.0246")
-    assert lines[7].startswith("| UniMP-tiny no_text | none | 0.0200")
+    overrides = bench.schedule_overrides(600, 150)
+    recipe, training = train.parse_args([str(bench.CONFIGS["ml100k"]), *overrides])
+    assert recipe.max_train_seconds is None and training.max_steps == 600 and training.eval_steps == 150
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=training.learning_rate)
+    scheduler = get_scheduler(training.lr_scheduler_type, optimizer, num_warmup_steps=training.warmup_steps,
+                              num_training_steps=training.max_steps,
+                              scheduler_specific_kwargs=training.lr_scheduler_kwargs)
+    factors = []
+    for _ in range(600):
+        factors.append(scheduler.get_last_lr()[0] / training.learning_rate)
+        optimizer.step()
+        scheduler.step()
+    assert factors[0] == 0.0 and factors[training.warmup_steps] == 1.0 and factors[419] == 1.0  # stable to 420
+    assert abs(factors[510] - 0.5) < 1e-9 and factors[599] < 0.01  # linear to 0 over the last 180 steps
+    try:
+        bench.schedule_overrides(500, 150)
+    except ValueError as error:
+        assert "multiple of eval_every=150" in str(error)
+    else:
+        raise AssertionError("a budget off the evaluation grid must be refused")
+
+
+def test_budget_is_the_first_step_with_the_best_validation_ndcg(tmp_path):
+    bench = _load_run_benchmark()
+    for step, curve in ((150, [0.03]), (300, [0.03, 0.05]), (900, [0.03, 0.05, 0.06, 0.07])):
+        history = [{"step": 150 * (n + 1), "eval_ndcg@10": v} for n, v in enumerate(curve)] + [{"step": 5, "loss": 1}]
+        folder = tmp_path / f"run{step}" / f"checkpoint-{150 * len(curve)}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+        (folder.parent / "checkpoint-150").mkdir(exist_ok=True)  # an older checkpoint without a state is ignored
+        assert bench.choose_budget(bench.validation_curve(folder.parent)) == min(step, 150 * len(curve))
+    assert bench.choose_budget({150: 0.03, 300: 0.05, 450: 0.05, 600: 0.04}) == 300  # ties: the earlier step
+
+
+def _evaluated(order: list[tuple[str, str, str]], split: str, none: dict, history: dict) -> dict:
+    users = [row[0] for row in reversed(order)]  # recipes.evaluate's row order need not be the split file's
+    column = 2 if split == "test" else 1
+    target = {row[0]: row[column] for row in order}
+    return {"eval_users_per_second": 50.0, "num_items": 9, "max_history_items": 50, "context_order": "next_item",
+            "content_history_items": 10,
+            "ranks": {"user_ids": users, "target_item_ids": [target[u] for u in users],
+                      "none": [none[u] for u in users], "history": [history[u] for u in users]}}
+
+
+def test_contract_lines_carry_every_user_in_split_order_for_both_maskings(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import results as contract
+
+    bench = _load_run_benchmark()
+    order = [("u1", "i1", "i2"), ("u2", "i3", "i4"), ("u3", "i5", "i6")]
+    run = tmp_path / "ml100k-unimp-s1"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"global_step": 300, "best_checkpoint": f"{run}/checkpoint-300",
+                                                  "trainer_seconds": 99.5, "peak_rss_mib": 1234.0}))
+    (run / "metrics_test.json").write_text(json.dumps(_evaluated(
+        order, "test", {"u1": 1, "u2": 12, "u3": 4}, {"u1": 1, "u2": 7, "u3": 2})))
+    (run / "metrics_validation.json").write_text(json.dumps(_evaluated(
+        order, "validation", {"u1": 30, "u2": 2, "u3": 5}, {"u1": 25, "u2": 1, "u3": 5})))
+    lines = bench.contract_lines("ml100k", "unimp", 1, 300, run, order)
+    contract.append_results(lines, tmp_path / "results")  # validates every field, metrics against ranks
+    by_masking = {line["masking"]: line for line in contract.read_results(tmp_path / "results")}
+    assert by_masking["none"]["ranks"] == [1, 12, 4] and by_masking["history"]["ranks"] == [1, 7, 2]
+    assert by_masking["none"]["variant"] == "default" and by_masking["none"]["budget"]["steps"] == 300
+    assert by_masking["none"]["budget"]["best_step"] == 300
+    assert by_masking["history"]["valid_metrics"]["hr@5"] == 2 / 3  # ranks 1 and 5 of 25, 1, 5
+    assert by_masking["none"]["users_sha256"] == contract.users_digest(["u1", "u2", "u3"])
+    # a user missing from UniMP's ranking, or a different target, is refused before anything is written
+    (run / "metrics_test.json").write_text(json.dumps(_evaluated(order[:2], "test", {"u1": 1, "u2": 2},
+                                                                 {"u1": 1, "u2": 2})))
+    with pytest.raises(ValueError, match="UniMP ranked 2 users, the split file has 3"):
+        bench.contract_lines("ml100k", "unimp", 1, 300, run, order)
+    (run / "metrics_test.json").write_text(json.dumps(_evaluated(
+        [("u1", "i1", "i2"), ("u2", "i3", "i9"), ("u3", "i5", "i6")], "test", {"u1": 1, "u2": 2, "u3": 3},
+        {"u1": 1, "u2": 2, "u3": 3})))
+    with pytest.raises(ValueError, match="user 'u2' has target 'i9'"):
+        bench.contract_lines("ml100k", "unimp", 1, 300, run, order)
 
 
 def test_rating_and_explanation_tables(tmp_path):
