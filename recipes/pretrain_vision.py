@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, TrainerCallback
 
 from modeling_unimp import UniMPConfig
 from modeling_unimp.processing_unimp import CLIP_MEAN, CLIP_STD
@@ -34,6 +34,7 @@ from processing.image_metrics import compute_retrieval_accuracy
 from processing.task_records import items_by_id
 
 from .common import load_pixel_array, parse_recipe_args
+from .image_training import ImageTrainingArguments, RecordingTrainer, smooth, train_image_model
 
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 CLIP_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the inverse temperature at 100 for stability
@@ -43,7 +44,7 @@ BEST_METRICS = {"loss": False, "mean_rank": False, "median_rank": False, "mrr": 
 
 
 @dataclass
-class VisionPretrainingArguments:
+class VisionPretrainingArguments(ImageTrainingArguments):
     """YAML keys of the vision-tower pretraining recipe (STYLE.md §5: values only, one place each)."""
 
     # Data
@@ -66,14 +67,10 @@ class VisionPretrainingArguments:
                                         "package's all-MiniLM-L6-v2 folder"}
     )
     text_batch_size: int = field(default=128, metadata={"help": "texts per MiniLM forward pass"})
-    # Training
+    # Training (the other keys: ImageTrainingArguments)
     output_dir: str = field(default="outputs/pretrain_vision/ml-100k-posters", metadata={"help": "outputs go here"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    max_train_seconds: float | None = field(
-        default=None, metadata={"help": "stop training after this wall time even if max_steps is not reached"}
-    )
     batch_size: int = field(default=128, metadata={"help": "image-text pairs per step (the negatives per row)"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (CLIP: 0.1-0.2)"})
     use_augmentation: bool = field(
@@ -88,9 +85,6 @@ class VisionPretrainingArguments:
         default="mean_rank", metadata={"help": f"validation metric picking the kept step: {list(BEST_METRICS)}"}
     )
     eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation forward pass"})
-    logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
-    num_threads: int = field(default=1, metadata={"help": "torch CPU threads"})
-    seed: int = field(default=0, metadata={"help": "seeds the subset, the held-out split, the init and training"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,26 +298,79 @@ def split_heldout(text_ids: torch.Tensor, num_heldout_items: int, seed: int) -> 
 # Training and evaluation
 # ----------------------------------------------------------------------------------------------
 
-def compute_learning_rate(step: int, args: VisionPretrainingArguments) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `max_steps`."""
-    if step < args.warmup_steps:
-        return args.learning_rate * (step + 1) / args.warmup_steps
-    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-    return args.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _make_optimizer(parameters, args: VisionPretrainingArguments) -> torch.optim.AdamW:
-    # CLIP decays matrices only: no decay on gains, biases, the class embedding or the temperature
+    # CLIP decays matrices only: no decay on gains, biases, the class embedding or the temperature (Trainer's
+    # default groups go by parameter name and would decay the last two)
     parameters = [p for p in parameters if p.requires_grad]
     groups = [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98), eps=1e-6)
 
 
+class VisionTextAlignmentTrainer(RecordingTrainer):
+    """Routes a batch of (image, text) pairs to `clip_contrastive_loss`; identical texts are not negatives.
+
+    A batch holds "text_embeds" (B, E), "text_ids" (B,) and either "pixel_values" (B, 3, R, R) or, for a linear
+    probe of a frozen tower, precomputed "image_features" (B, D).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "image_features" in inputs:
+            image_embeds = model.projection(inputs["image_features"])  # (B, E)
+        else:
+            image_embeds = model.embed_images(inputs["pixel_values"])  # (B, E)
+        text_ids = inputs["text_ids"]
+        positive_mask = text_ids[:, None] == text_ids[None, :]  # (B, B)
+        loss = clip_contrastive_loss(image_embeds, inputs["text_embeds"], model.logit_scale, positive_mask)
+        self.record(model, loss=loss)
+        return (loss, image_embeds) if return_outputs else loss
+
+
+class ClampLogitScaleCallback(TrainerCallback):
+    """CLIP clips the inverse temperature to [1, 100] after each optimizer step, for stability."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, CLIP_MAX_LOGIT_SCALE)
+
+
+class BestValidationCallback(TrainerCallback):
+    """Validates every `eval_steps` and at the end, and restores the parameters best on `metric_for_best_model`.
+
+    Like `load_best_model_at_end`, but the best state is kept in memory (the recipe writes no checkpoints).
+    """
+
+    def __init__(self, validate, metric_for_best_model: str, eval_steps: int):
+        if metric_for_best_model not in BEST_METRICS:
+            raise ValueError(f"metric_for_best_model must be one of {list(BEST_METRICS)}, "
+                             f"got {metric_for_best_model!r}")
+        self.validate, self.metric, self.eval_steps = validate, metric_for_best_model, eval_steps
+        self.history, self.best = [], None  # best = (score, step, state)
+
+    def _run(self, model, step: int) -> None:
+        metrics = self.validate(model)
+        self.history.append({"step": step, **{key: metrics[key] for key in BEST_METRICS}})
+        score = metrics[self.metric] * (1 if BEST_METRICS[self.metric] else -1)
+        if self.best is None or score > self.best[0]:
+            self.best = (score, step, {name: tensor.clone() for name, tensor in model.state_dict().items()})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.eval_steps == 0 and state.global_step < args.max_steps:
+            self._run(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._run(model, state.global_step)
+        model.load_state_dict(self.best[2])
+
+    @property
+    def best_step(self) -> int:
+        return self.best[1]
+
+
 def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds: torch.Tensor,
-                  text_ids: torch.Tensor, args: VisionPretrainingArguments, *, desc: str = "pretrain vision",
+                  text_ids: torch.Tensor, args: VisionPretrainingArguments, *,
                   image_features: torch.Tensor | None = None, validate=None) -> dict:
-    """Minimise `clip_contrastive_loss` over random batches of (image, text) pairs.
+    """Minimise `clip_contrastive_loss` over random batches of (image, text) pairs with `Trainer`.
 
     Args:
         aligner: the model; only its parameters with `requires_grad` are updated.
@@ -331,80 +378,34 @@ def train_aligner(aligner: VisionTextAligner, pixels: torch.Tensor, text_embeds:
         text_embeds: (N, E) frozen text embeddings of the same items.
         text_ids: (N,) text group ids (identical texts are not negatives of each other).
         args: the batch size, schedule, augmentation and time budget.
-        desc: progress-bar label.
         image_features: optional (N, D) precomputed pooled tower outputs; then only the head trains (a linear
             probe of a frozen tower), without augmentation.
         validate: optional `aligner -> metrics dict`, called every `eval_steps` and at the end; the parameters of
             the call best on `args.metric_for_best_model` are restored at the end.
     Returns:
-        {"steps", "train_seconds", "train_loss_smoothed", "losses" (per step), "best_step", "validation_history"}.
+        {"steps", "train_seconds", "train_cpu_seconds", "train_loss_smoothed", "losses" (per step), "best_step",
+        "validation_history"}.
     """
-    if args.metric_for_best_model not in BEST_METRICS:
-        raise ValueError(f"metric_for_best_model must be one of {list(BEST_METRICS)}, "
-                         f"got {args.metric_for_best_model!r}")
-    greater_is_better = BEST_METRICS[args.metric_for_best_model]
-    history, best = [], None  # best = (score, step, state)
+    columns = {"text_embeds": text_embeds, "text_ids": text_ids}
+    columns.update({"image_features": image_features} if image_features is not None else {"pixels": pixels})
 
-    def run_validation(step):
-        nonlocal best
-        metrics = validate(aligner)
-        aligner.train()
-        history.append({"step": step, **{key: metrics[key] for key in BEST_METRICS}})
-        score = metrics[args.metric_for_best_model] * (1 if greater_is_better else -1)
-        if best is None or score > best[0]:
-            best = (score, step, {name: tensor.clone() for name, tensor in aligner.state_dict().items()})
+    def transform(batch_pixels, generator):  # (B, 3, R, R) uint8 -> CLIP-normalised, augmented float
+        batch = normalize_pixels(batch_pixels)
+        if args.use_augmentation:
+            batch = augment_pixels(batch, args.max_shift_pixels, generator, args.min_crop_scale)
+        return batch
 
-    optimizer = _make_optimizer(aligner.parameters(), args)
-    generator = torch.Generator().manual_seed(args.seed)
-    batch_size = min(args.batch_size, len(pixels))
-    order, cursor = torch.randperm(len(pixels), generator=generator), 0
-    aligner.train()
-    losses, smoothed, step = [], None, 0
-    start_time, start_cpu = time.perf_counter(), time.process_time()
-    progress = tqdm(total=args.max_steps, desc=desc)
-    while step < args.max_steps:
-        if args.max_train_seconds is not None and time.perf_counter() - start_time > args.max_train_seconds:
-            break
-        if cursor + batch_size > len(order):  # reshuffle each epoch; the last partial batch is dropped
-            order, cursor = torch.randperm(len(pixels), generator=generator), 0
-        index = order[cursor:cursor + batch_size]
-        cursor += batch_size
-        if image_features is not None:
-            image_embeds = aligner.projection(image_features[index])  # (B, E)
-        else:
-            batch = normalize_pixels(pixels[index])  # (B, 3, R, R)
-            if args.use_augmentation:
-                batch = augment_pixels(batch, args.max_shift_pixels, generator, args.min_crop_scale)
-            image_embeds = aligner.embed_images(batch)  # (B, E)
-        positive_mask = text_ids[index][:, None] == text_ids[index][None, :]  # (B, B)
-        for group in optimizer.param_groups:
-            group["lr"] = compute_learning_rate(step, args)
-        loss = clip_contrastive_loss(image_embeds, text_embeds[index], aligner.logit_scale, positive_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            aligner.logit_scale.clamp_(0.0, CLIP_MAX_LOGIT_SCALE)
-        step += 1
-        losses.append(loss.item())
-        smoothed = losses[-1] if smoothed is None else 0.95 * smoothed + 0.05 * losses[-1]
-        progress.update(1)
-        if validate is not None and step % args.eval_steps == 0 and step < args.max_steps:
-            run_validation(step)
-        if step % args.logging_steps == 0 or step == args.max_steps:
-            postfix = {"loss": f"{smoothed:.3f}", "temperature": f"{1 / aligner.logit_scale.exp().item():.3f}"}
-            if history:
-                postfix[f"val_{args.metric_for_best_model}"] = f"{history[-1][args.metric_for_best_model]:.3g}"
-            progress.set_postfix(postfix)
-    progress.close()
-    best_step = step
+    callbacks = [ClampLogitScaleCallback()]
+    best_validation = None
     if validate is not None:
-        run_validation(step)
-        best_step = best[1]
-        aligner.load_state_dict(best[2])
-    return {"steps": step, "train_seconds": round(time.perf_counter() - start_time, 1),
-            "train_cpu_seconds": round(time.process_time() - start_cpu, 1), "train_loss_smoothed": smoothed,
-            "losses": losses, "best_step": best_step, "validation_history": history}
+        best_validation = BestValidationCallback(validate, args.metric_for_best_model, args.eval_steps)
+        callbacks.append(best_validation)
+    result = train_image_model(VisionTextAlignmentTrainer, aligner, columns, transform, args, callbacks=callbacks,
+                               optimizer=_make_optimizer(aligner.parameters(), args))
+    losses = result.pop("history")["loss"]
+    return {**result, "train_loss_smoothed": smooth(losses, 0.95), "losses": losses,
+            "best_step": best_validation.best_step if best_validation else result["steps"],
+            "validation_history": best_validation.history if best_validation else []}
 
 
 @torch.no_grad()
@@ -486,7 +487,7 @@ def main(args: VisionPretrainingArguments) -> dict:
     probe.vision_model.requires_grad_(False)
     features = compute_image_features(probe.vision_model, pixels[train_index], args.eval_batch_size)
     probe_training = train_aligner(probe, pixels[train_index], text_embeds[train_index], text_ids[train_index],
-                                   args, desc="random-tower probe", image_features=features, validate=validate)
+                                   args, image_features=features, validate=validate)
     probe_heldout = evaluate(probe, heldout_index)
 
     save_aligner(aligner, output_dir)
@@ -535,8 +536,11 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "BestValidationCallback",
+    "ClampLogitScaleCallback",
     "VisionPretrainingArguments",
     "VisionTextAligner",
+    "VisionTextAlignmentTrainer",
     "clip_contrastive_loss",
     "default_text_model_path",
     "embed_texts",

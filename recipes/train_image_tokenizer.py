@@ -10,7 +10,6 @@ Writes the tokenizer (`save_pretrained`, with this package's code as remote code
 import json
 import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,12 +27,15 @@ from processing.datasets_unimp import default_data_dir
 from processing.image_metrics import compute_psnr, compute_ssim
 
 from .common import load_pixel_array, parse_recipe_args
+from .image_training import ImageTrainingArguments, RecordingTrainer, smooth, train_image_model
 
 DATASETS = ("ml-100k-posters", "hm-sample")
+# training-step values of the tokenizer's output that the recipe records and smooths
+TRACKED_TRAINING_VALUES = ("loss", "reconstruction_loss", "perplexity", "codebook_usage")
 
 
 @dataclass
-class ImageTokenizerRecipeArguments:
+class ImageTokenizerRecipeArguments(ImageTrainingArguments):
     """YAML keys of the image tokenizer recipe. Model fields left at None take the
     `UniMPImageTokenizerConfig` default, so each default lives in one place."""
 
@@ -59,24 +61,19 @@ class ImageTokenizerRecipeArguments:
     codebook_restart_threshold: float | None = field(default=None, metadata={"help": "dead-code threshold"})
     reconstruction_l1_weight: float | None = field(default=None, metadata={"help": "L1 pixel loss weight"})
     reconstruction_l2_weight: float | None = field(default=None, metadata={"help": "L2 pixel loss weight"})
-    # Training
+    # Training (the other keys: ImageTrainingArguments)
     output_dir: str = field(
         default="outputs/image_tokenizer", metadata={"help": "where the tokenizer, metrics and cache go"}
     )
-    max_steps: int = field(default=500, metadata={"help": "optimizer steps"})
-    max_train_seconds: float | None = field(
-        default=None, metadata={"help": "stop training after this wall time even if max_steps is not reached"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "training images per step"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     use_horizontal_flip: bool = field(default=True, metadata={"help": "random left-right flips in training"})
     eval_batch_size: int = field(default=64, metadata={"help": "held-out images per evaluation batch"})
     num_contact_sheet_images: int = field(default=16, metadata={"help": "held-out pairs in contact_sheet.png"})
-    logging_steps: int = field(default=25, metadata={"help": "progress-bar refresh interval in steps"})
-    num_threads: int = field(default=1, metadata={"help": "torch CPU threads"})
-    seed: int = field(default=0, metadata={"help": "seeds the subset, the held-out split and training"})
+
+
+def parse_args(argv: list[str]) -> ImageTokenizerRecipeArguments:
+    """`config.yaml [key=value ...]` (see `recipes.common.parse_recipe_args`)."""
+    (args,) = parse_recipe_args(argv, (ImageTokenizerRecipeArguments,), "recipes.train_image_tokenizer")
+    return args
 
 
 def build_config(args: ImageTokenizerRecipeArguments) -> UniMPImageTokenizerConfig:
@@ -156,14 +153,6 @@ def rescale_to_unit_range(pixel_values: torch.Tensor) -> torch.Tensor:
     return (pixel_values + 1) / 2
 
 
-def compute_learning_rate(step: int, args: ImageTokenizerRecipeArguments) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `max_steps`."""
-    if step < args.warmup_steps:
-        return args.learning_rate * (step + 1) / args.warmup_steps
-    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-    return args.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 @torch.no_grad()
 def evaluate_tokenizer(model: UniMPImageTokenizer, pixels: torch.Tensor, batch_size: int) -> dict:
     """Held-out metrics: mean per-image PSNR / SSIM of clamped reconstructions, codebook usage and
@@ -199,6 +188,36 @@ def evaluate_tokenizer(model: UniMPImageTokenizer, pixels: torch.Tensor, batch_s
     }
 
 
+class ImageTokenizerTrainer(RecordingTrainer):
+    """Routes a batch of "pixel_values" (B, 3, R, R) in [-1, 1] to the tokenizer, whose forward returns the VQ loss
+    (reconstruction + commitment (+ codebook)); in `train()` mode that forward also moves the EMA codebook and
+    restarts dead codes (once per step: no gradient accumulation here)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        output = model(inputs["pixel_values"])
+        self.record(model, **{key: output[key] for key in TRACKED_TRAINING_VALUES})
+        return (output.loss, output) if return_outputs else output.loss
+
+
+def train_tokenizer(model: UniMPImageTokenizer, pixels: torch.Tensor, args: ImageTokenizerRecipeArguments) -> dict:
+    """Train on random batches of (N, 3, R, R) uint8 `pixels` (left-right flips if `use_horizontal_flip`).
+
+    Returns:
+        {"steps", "train_seconds", "train_cpu_seconds"} and, per key of `TRACKED_TRAINING_VALUES`, its per-step
+        values under `history` and their moving average (decay 0.9) under `<key>_smoothed`.
+    """
+
+    def transform(batch_pixels, generator):  # (B, 3, R, R) uint8 -> [-1, 1], randomly flipped
+        batch = convert_uint8_to_pixel_values(batch_pixels)
+        if args.use_horizontal_flip:
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            batch[flip] = batch[flip].flip(-1)
+        return batch
+
+    result = train_image_model(ImageTokenizerTrainer, model, {"pixels": pixels}, transform, args)
+    return {**result, **{f"{key}_smoothed": smooth(result["history"][key], 0.9) for key in TRACKED_TRAINING_VALUES}}
+
+
 def save_contact_sheet(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, per_row: int = 8):
     """PNG grid: row pairs of originals (top) over their reconstructions (bottom), upscaled 2x (nearest)."""
     count = len(originals)
@@ -226,38 +245,7 @@ def main(args: ImageTokenizerRecipeArguments) -> dict:
     train_pixels, holdout_pixels = pixels[train_indices], pixels[holdout_indices]
 
     model = UniMPImageTokenizer(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    generator = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(len(train_pixels), generator=generator)
-    cursor = 0
-    model.train()
-    start_time = time.perf_counter()
-    progress = tqdm(total=args.max_steps, desc=f"image tokenizer {args.dataset}")
-    step, running = 0, {}
-    while step < args.max_steps:
-        if args.max_train_seconds is not None and time.perf_counter() - start_time > args.max_train_seconds:
-            break
-        if cursor + args.batch_size > len(order):  # reshuffle each epoch; the last partial batch is dropped
-            order, cursor = torch.randperm(len(train_pixels), generator=generator), 0
-        batch = convert_uint8_to_pixel_values(train_pixels[order[cursor : cursor + args.batch_size]])  # (B, 3, R, R)
-        cursor += args.batch_size
-        if args.use_horizontal_flip:
-            flip = torch.rand(len(batch), generator=generator) < 0.5
-            batch[flip] = batch[flip].flip(-1)
-        for group in optimizer.param_groups:
-            group["lr"] = compute_learning_rate(step, args)
-        output = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        optimizer.step()
-        step += 1
-        for key in ("loss", "reconstruction_loss", "perplexity", "codebook_usage"):
-            running[key] = 0.9 * running.get(key, output[key].item()) + 0.1 * output[key].item()
-        progress.update(1)
-        if step % args.logging_steps == 0 or step == args.max_steps:
-            progress.set_postfix({key: f"{value:.3g}" for key, value in running.items()})
-    progress.close()
-    train_seconds = time.perf_counter() - start_time
+    training = train_tokenizer(model, train_pixels, args)
 
     evaluation = evaluate_tokenizer(model, holdout_pixels, args.eval_batch_size)
     reconstructions = evaluation.pop("reconstructions")
@@ -269,10 +257,10 @@ def main(args: ImageTokenizerRecipeArguments) -> dict:
         "grid_size": config.grid_size,
         "codebook_size": config.codebook_size,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "steps": step,
-        "train_seconds": round(train_seconds, 1),
-        "train_loss_smoothed": running.get("loss"),
-        "train_codebook_usage_smoothed": running.get("codebook_usage"),
+        "steps": training["steps"],
+        "train_seconds": training["train_seconds"],
+        "train_loss_smoothed": training["loss_smoothed"],
+        "train_codebook_usage_smoothed": training["codebook_usage_smoothed"],
         **evaluation,
     }
     # Remote code: the checkpoint carries image_tokenizer_unimp.py and loads with trust_remote_code=True.
@@ -291,14 +279,9 @@ def main(args: ImageTokenizerRecipeArguments) -> dict:
     return metrics
 
 
-def parse_args(argv: list[str]) -> ImageTokenizerRecipeArguments:
-    """`config.yaml [key=value ...]` (see `recipes.common.parse_recipe_args`)."""
-    (args,) = parse_recipe_args(argv, (ImageTokenizerRecipeArguments,), "recipes.train_image_tokenizer")
-    return args
-
-
 if __name__ == "__main__":
     print(json.dumps(main(parse_args(sys.argv[1:])), indent=2))
 
 
-__all__ = ["ImageTokenizerRecipeArguments", "build_config", "list_item_images", "main", "split_holdout"]
+__all__ = ["ImageTokenizerRecipeArguments", "ImageTokenizerTrainer", "build_config", "list_item_images", "main",
+           "split_holdout", "train_tokenizer"]
