@@ -8,6 +8,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from .catalogue_cache import UniMPImageCache, score_prompts
 from .configuration_unimp import UniMPConfig
 from .image_tokenizer_unimp import UniMPImageTokenizer, UniMPImageTokenizerConfig
 from .modeling_unimp import (
@@ -36,9 +37,11 @@ __all__ = [
     "UniMPGatedCrossAttentionBlock",
     "UniMPPerceiverResampler",
     "UniMPProcessor",
+    "UniMPImageCache",
     "UniMPImageTokenizer",
     "UniMPImageTokenizerConfig",
     "make_image_processor",
+    "score_prompts",
     "train_catalogue_tokenizer",
 ]
 

@@ -477,13 +477,23 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
     def score_items(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs
     ) -> torch.Tensor:
-        """Exact full-catalogue scores at the end of left-padded prompts that stop right after `<answer>`.
+        """Exact full-catalogue scores at the end of padded prompts that stop right after `<answer>`.
 
-        Args: the processor's batch for prompts ending in `<answer>` (left padding: position -1 is the answer slot).
+        Right padding is the fast form (issue 13): padding after a prompt never reaches its tokens under causal
+        attention, so the batch runs without an attention mask (the causal sdpa kernel, no (B, 1, T, T) mask) and
+        the scores are read at each row's last real token. Left padding masks the padding instead.
+
+        Args: the processor's batch for prompts ending in `<answer>`, left or right padded.
         Returns: (B, num_items) item-token logits.
         """
         if attention_mask is not None and not attention_mask[:, -1].all():
-            raise ValueError("score_items needs left-padded prompts (padding_side='left') ending at <answer>")
+            if not torch.equal(attention_mask.cumprod(dim=-1), attention_mask):  # ones then zeros, per row
+                raise ValueError("score_items needs prompts ending at <answer>, padded on one side only (the "
+                                 "processor's padding_side='left' or 'right')")
+            last = torch.zeros_like(attention_mask, dtype=torch.bool)
+            last[torch.arange(last.shape[0]), attention_mask.sum(dim=-1) - 1] = True  # (B, T): one True per row
+            outputs = self(input_ids=input_ids, attention_mask=None, logits_to_keep=last, use_cache=False, **inputs)
+            return self.item_logits(outputs.logits)  # (B, V) -> (B, num_items)
         outputs = self(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False, **inputs)
         return self.item_logits(outputs.logits[:, -1])
 

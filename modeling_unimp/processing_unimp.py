@@ -106,6 +106,7 @@ class UniMPProcessor(ProcessorMixin):
         content_history_items: int | None = None,
         max_history_items: int | None = None,
         vq_model_name_or_path: str | None = None,
+        training_data_licences: dict[str, str] | None = None,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -127,6 +128,9 @@ class UniMPProcessor(ProcessorMixin):
         # image generation: the VQ image tokenizer (UniMPImageTokenizer) that decodes `<img_c>` codes, a path or a
         # subfolder of the checkpoint (a name without "tokenizer": ProcessorMixin would take it for a sub-processor)
         self.vq_model_name_or_path = vq_model_name_or_path
+        # dataset name -> its terms of use, recorded by training (recipes.common.record_training_data_licence): the
+        # catalogue carries the data's item ids and titles, so push_to_hub refuses a public push where they forbid it
+        self.training_data_licences = dict(training_data_licences or {})
         self.item_ids = list(item_ids or [])
         self.item_titles = list(item_titles) if item_titles is not None else [""] * len(self.item_ids)
         self.item_images = list(item_images) if item_images is not None else [None] * len(self.item_ids)
@@ -318,6 +322,7 @@ class UniMPProcessor(ProcessorMixin):
         add_bos: bool = True,
         add_eos: bool = False,
         return_tensors: str = "pt",
+        return_pixel_values: bool = True,
         **kwargs,
     ) -> BatchFeature:
         """Encode prompts and their images.
@@ -329,6 +334,8 @@ class UniMPProcessor(ProcessorMixin):
             padding_side: "right" for training, "left" for generation.
             add_bos / add_eos: BOS is prepended to train and eval prompts alike (not copying the mismatch of
                 reference §2.1); EOS ends training targets.
+            return_pixel_values: False skips decoding and preprocessing (the caller brings encoded images, e.g.
+                `UniMPImageCache`); `image_attention_mask` then treats every non-None image as present.
         Returns: `input_ids`, `attention_mask` (B, T); `pixel_values` (B, N, 3, H, W) zero-padded to the batch's
             max N; `image_attention_mask` (B, T, N), True where token t uses image n.
         """
@@ -355,7 +362,7 @@ class UniMPProcessor(ProcessorMixin):
             ids = ids + ([self.tokenizer.eos_token_id] if add_eos else [])
             token_lists.append(ids)
         batch = self._pad(token_lists, padding_side)
-        batch.update(self._encode_images(images, batch["input_ids"]))
+        batch.update(self._encode_images(images, batch["input_ids"], return_pixel_values))
         return BatchFeature(batch, tensor_type=None)
 
     def _check_numbered_tokens(self, prompt: str, row: int) -> None:
@@ -382,28 +389,57 @@ class UniMPProcessor(ProcessorMixin):
             attention_mask[row, span] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def _encode_images(self, images: list[list], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _encode_images(self, images: list[list], input_ids: torch.Tensor,
+                       return_pixel_values: bool = True) -> dict[str, torch.Tensor]:
         max_images = max((len(row) for row in images), default=0)
         size = self.image_processor.size
         height, width = size["height"], size["width"]
-        pixel_values = torch.zeros(len(images), max_images, 3, height, width)
         present = torch.zeros(len(images), max_images, dtype=torch.bool)
-        undecodable = 0
-        for row, row_images in enumerate(images):
-            for slot, image in enumerate(row_images):
-                picture = load_image(image)
-                if picture is None:
-                    undecodable += image is not None
-                    continue
-                pixel_values[row, slot] = self.image_processor(picture, return_tensors="pt")["pixel_values"][0]
-                present[row, slot] = True
-        if undecodable:
-            warnings.warn(f"{undecodable} image(s) could not be decoded; their items are treated as image-less")
-        # token t uses image n iff n is its most recent <image> (reference §1.4), and image n exists.
+        if not return_pixel_values:
+            for row, row_images in enumerate(images):
+                present[row, : len(row_images)] = torch.tensor([image is not None for image in row_images])
+            return {"image_attention_mask": self._image_attention_mask(input_ids, present)}
+        pixel_values = torch.zeros(len(images), max_images, 3, height, width)
+        # a (3, H, W) tensor is an image already preprocessed (UniMPImageCache); the rest is preprocessed in one call
+        slots = [(row, slot, image) for row, row_images in enumerate(images) for slot, image in enumerate(row_images)
+                 if image is not None]
+        for row, slot, image in slots:
+            if isinstance(image, torch.Tensor):
+                if tuple(image.shape) != (3, height, width):
+                    raise ValueError(f"prompt {row} image {slot}: a tensor image must be preprocessed pixel values "
+                                     f"of shape (3, {height}, {width}), got {tuple(image.shape)}")
+                pixel_values[row, slot], present[row, slot] = image, True
+        raw = [(row, slot, image) for row, slot, image in slots if not isinstance(image, torch.Tensor)]
+        values, decoded = self.preprocess_images([image for _, _, image in raw])
+        for (row, slot, _), value, ok in zip(raw, values, decoded):
+            if ok:
+                pixel_values[row, slot], present[row, slot] = value, True
+        return {"pixel_values": pixel_values, "image_attention_mask": self._image_attention_mask(input_ids, present)}
+
+    def _image_attention_mask(self, input_ids: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, T, N): token t uses image n iff n is its most recent <image> (reference §1.4), and image n exists."""
         image_index = (input_ids == self.image_token_id).cumsum(dim=-1) - 1  # (B, T)
-        slots = torch.arange(max_images)
-        image_attention_mask = (image_index.unsqueeze(-1) == slots) & present.unsqueeze(1)  # (B, T, N)
-        return {"pixel_values": pixel_values, "image_attention_mask": image_attention_mask}
+        slots = torch.arange(present.shape[1])
+        return (image_index.unsqueeze(-1) == slots) & present.unsqueeze(1)  # (B, T, N)
+
+    def preprocess_images(self, images: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel values of images (PIL, paths, bytes), in one image-processor call.
+
+        Args: images: n image references, none of them None.
+        Returns: (n, 3, H, W) pixel values (zeros where an image does not decode) and the (n,) bool `decoded` mask;
+            warns once with the count of images that do not decode (their items are treated as image-less).
+        """
+        size = self.image_processor.size
+        pictures = [load_image(image) for image in images]
+        decoded = torch.tensor([picture is not None for picture in pictures], dtype=torch.bool)
+        values = torch.zeros(len(pictures), 3, size["height"], size["width"])
+        valid = [picture for picture in pictures if picture is not None]
+        if valid:
+            values[decoded] = self.image_processor(valid, return_tensors="pt")["pixel_values"].to(values.dtype)
+        if len(valid) < len(pictures):
+            warnings.warn(f"{len(pictures) - len(valid)} image(s) could not be decoded; their items are treated as "
+                          "image-less")
+        return values, decoded
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)

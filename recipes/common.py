@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from transformers import HfArgumentParser, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from modeling_unimp import UniMPProcessor, train_catalogue_tokenizer
 from modeling_unimp.image_utils import load_image
@@ -219,29 +220,47 @@ def render_examples(
     return examples
 
 
-class TimeBudgetCallback(TrainerCallback):
+class TimeBudgetCallback(TrainerCallback, ExportableState):
     """Ends training after `max_seconds` of wall time, with a final evaluation and checkpoint, so a demo on a
     slow or busy machine still finishes on time (the step count then depends on the machine: it is logged).
 
     With `decay_fraction` > 0 the learning rate also decays linearly to 0 over the last `decay_fraction` of the
     budget: the scheduler's factor is multiplied by min(1, time left / (decay_fraction * max_seconds)). A step-based
     schedule cannot do this when the number of steps the budget allows is unknown in advance.
+
+    The seconds spent are saved in every checkpoint (`trainer_state.json`, `stateful_callbacks`), so a resumed run
+    continues the budget and the decay where the checkpoint left them instead of starting both again.
     """
 
-    def __init__(self, max_seconds: float, decay_fraction: float = 0.0):
+    def __init__(self, max_seconds: float, decay_fraction: float = 0.0, spent_seconds: float = 0.0):
         if not 0.0 <= decay_fraction <= 1.0:
             raise ValueError(f"decay_fraction must lie in [0, 1], got {decay_fraction}")
         self.max_seconds, self.decay_fraction = max_seconds, decay_fraction
+        self.spent_seconds = spent_seconds  # of the budget, before this run started (restored on resume)
         self.started = None
+
+    def elapsed(self) -> float:
+        """Seconds of the budget spent so far, earlier runs of a resumed training included."""
+        return self.spent_seconds + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {"max_seconds": self.max_seconds, "decay_fraction": self.decay_fraction},
+                "attributes": {"spent_seconds": self.elapsed()}}
 
     def time_factor(self) -> float:
         """The learning-rate multiplier now: 1 until the decay window, then linear down to 0 at the budget."""
         if self.started is None or self.decay_fraction == 0.0:
             return 1.0
-        left = self.max_seconds - (time.monotonic() - self.started)
+        left = self.max_seconds - self.elapsed()
         return min(1.0, max(0.0, left / (self.decay_fraction * self.max_seconds)))
 
     def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        saved = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+        if isinstance(saved, list):  # one entry per save of several such callbacks: the last one
+            saved = saved[-1]
+        if state is not None and state.global_step > 0 and isinstance(saved, dict):  # resumed from a checkpoint
+            self.spent_seconds = float(saved.get("attributes", {}).get("spent_seconds", 0.0))
+            logger.info("resumed time budget: %.0f of %.0f s already spent", self.spent_seconds, self.max_seconds)
         self.started = time.monotonic()
         if self.decay_fraction and lr_scheduler is not None:
             if not hasattr(lr_scheduler, "lr_lambdas"):
@@ -251,12 +270,69 @@ class TimeBudgetCallback(TrainerCallback):
             ]
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.started > self.max_seconds:
+        if self.elapsed() > self.max_seconds:
             logger.info("time budget of %.0f s reached at step %d: stopping", self.max_seconds, state.global_step)
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = True
         return control
+
+
+# A checkpoint is complete once Trainer wrote trainer_state.json (its last file) and the weights are there.
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from, or None when it is complete."""
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json (the save was cut short)"
+    weights = [folder / name for name in _WEIGHT_FILES if (folder / name).is_file()]
+    if not weights and not any(folder.glob("pytorch_model_fsdp_*")):
+        return f"no weights ({' or '.join(_WEIGHT_FILES[:3])})"
+    for path in weights:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt"):  # reads the header only
+                    pass
+            except Exception as error:  # noqa: BLE001 - any unreadable header means the file is unusable
+                return f"{path.name} is unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest `checkpoint-N` of `output_dir` that Trainer can resume from, skipping incomplete ones with a
+    warning (a run killed while saving, or a checkpoint whose weights were removed); None when there is none.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    candidates = sorted((path for path in folder.glob("checkpoint-*") if path.is_dir()
+                         and path.name.split("-", 1)[1].isdigit()), key=lambda path: -int(path.name.split("-", 1)[1]))
+    skipped = []
+    for candidate in candidates:
+        problem = _checkpoint_problem(candidate)
+        if problem is None:
+            if skipped:
+                logger.warning("skipped %d incomplete checkpoint(s) (%s); resuming from %s, the newest complete "
+                               "one", len(skipped), "; ".join(skipped), candidate.name)
+            return str(candidate)
+        skipped.append(f"{candidate.name}: {problem}")
+    if skipped:
+        logger.warning("none of the %d checkpoint(s) in %s is complete (%s); training starts from the beginning",
+                       len(skipped), folder, "; ".join(skipped))
+    return None
+
+
+def record_training_data_licence(processor: UniMPProcessor, dataset_dict, dataset_name: str) -> None:
+    """Carry the data's terms (the builder's `DatasetInfo.license`) into the processor, which saves them with the
+    checkpoint: recipes/push_to_hub.py refuses a public push of weights trained on data that forbids redistribution.
+    Terms of earlier training data (a fine-tuned checkpoint's) are kept next to the new ones."""
+    licence = next((split.info.license for split in dataset_dict.values() if split.info.license), None)
+    licences = dict(getattr(processor, "training_data_licences", None) or {})
+    licences[dataset_name] = licence or "unknown: the dataset recorded no terms"
+    processor.training_data_licences = licences
 
 
 def _times_time_factor(schedule, callback: TimeBudgetCallback, step: int) -> float:
@@ -331,6 +407,8 @@ __all__ = [
     "RecipeArguments",
     "TimeBudgetCallback",
     "apply_history_layout",
+    "last_complete_checkpoint",
+    "record_training_data_licence",
     "build_processor",
     "load_pixel_array",
     "parse_recipe_args",

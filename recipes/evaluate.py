@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_unimp.catalogue_cache import UniMPImageCache, score_prompts
 from modeling_unimp.pipeline_unimp import decode_rating_answer, generate_rating_answers
 from modeling_unimp.prompt_templates import RATING_TOKENS
 from processing import UniMPDataCollator
@@ -34,17 +35,15 @@ from processing.rating_baselines import predict_rating_baselines
 from .common import ImageCache, RecipeArguments, load_dataset_dict, render_examples, write_json
 
 
-@torch.no_grad()
-def score_examples(model, processor, examples: list[dict], *, batch_size: int = 32, progress: bool = False):
-    """(n, num_items) item scores for evaluation prompts ending at `<answer>`; one forward pass per batch."""
-    collator = UniMPDataCollator(processor, for_generation=True)
-    model.eval()
-    scores = []
-    batches = range(0, len(examples), batch_size)
-    for start in tqdm(batches, desc="scoring", disable=not progress):
-        batch = collator(examples[start : start + batch_size])
-        scores.append(model.score_items(**batch).float())
-    return torch.cat(scores) if scores else torch.empty(0, processor.num_items)
+def score_examples(model, processor, examples: list[dict], *, batch_size: int = 32, progress: bool = False,
+                   image_cache: UniMPImageCache | None = None):
+    """(n, num_items) item scores for evaluation prompts ending at `<answer>`; one forward pass per batch.
+
+    `modeling_unimp.score_prompts` (issue 13): each image encoded once per model weights (`image_cache`, kept
+    across calls by the caller, e.g. every validation of a training run), batches of similar length, right padding.
+    """
+    return score_prompts(model, processor, examples, cache=image_cache, batch_size=batch_size,
+                         progress=lambda batches: tqdm(batches, desc="scoring", disable=not progress))
 
 
 def ranking_metrics(scores: torch.Tensor, targets: list[int], ks, exclude: torch.Tensor | None = None) -> dict:

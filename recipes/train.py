@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPProcessor
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, lora_config_for, set_trainable
@@ -22,8 +21,10 @@ from .common import (
     TimeBudgetCallback,
     apply_history_layout,
     build_processor,
+    last_complete_checkpoint,
     load_dataset_dict,
     parse_recipe_args,
+    record_training_data_licence,
     render_examples,
     set_torch_threads,
     write_json,
@@ -71,6 +72,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     started = time.time()
     dataset_dict = load_dataset_dict(recipe)
     model, processor = build_model(recipe, dataset_dict)
+    record_training_data_licence(processor, dataset_dict, recipe.dataset)  # push_to_hub reads it (issue 16)
     if training.max_history_items is not None:  # saved with the processor: the window every inference path reads
         processor.max_history_items = training.max_history_items
     trainable = set_trainable(model, training.trainable_stage)
@@ -112,7 +114,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     )
     if recipe.max_train_seconds:
         trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds, recipe.time_decay_fraction))
-    last_checkpoint = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
+    last_checkpoint = last_complete_checkpoint(training.output_dir)  # an incomplete newest one is skipped
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)
     trainer.train(resume_from_checkpoint=last_checkpoint)

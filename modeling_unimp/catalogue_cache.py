@@ -1,0 +1,200 @@
+"""Catalogue image cache: each image preprocessed once, and encoded once per model weights (issue 13).
+
+Checkpoint file (the pipeline uses it): imports torch, numpy, PIL and same-folder modules only.
+"""
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+ENCODE_CHUNK = 256  # images per vision-tower call when filling the latent cache (bounded activation memory)
+
+
+def weights_fingerprint(*modules: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer of `modules` (names, shapes, dtypes and bytes).
+
+    Content-based on purpose: `param.data.copy_(...)` and `load_state_dict` change weights without a reliable
+    version counter, and a stale latent would silently change rankings.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for module in modules:
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+            digest.update(data.view(torch.uint8).numpy().data if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _source_key(image):
+    """The cache key of an image reference: the path for a file, the object itself for a PIL image (the cache keeps
+    a reference, so the id is never reused while cached); None for references that are not cached (bytes, dicts)."""
+    if isinstance(image, (str, os.PathLike)):
+        return ("path", os.fspath(image))
+    if isinstance(image, Image.Image):
+        return ("pil", id(image))
+    return None
+
+
+class UniMPImageCache:
+    r"""Pixel values of each image reference computed once, and perceiver latents computed once per model weights.
+
+    `pixel_values` gives exactly what `UniMPProcessor` computes for an image (it calls the processor's own
+    `preprocess_images`), so a batch built from cached pixels equals one built from the images. `image_hidden_states`
+    runs the vision tower and perceiver on images not yet encoded with the model's current weights: the cache is
+    keyed by `weights_fingerprint` of the vision tower and perceiver and emptied when they change, so it is never
+    stale, also while training updates the tower between evaluations.
+
+    Example:
+        >>> from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPProcessor
+        >>> from modeling_unimp import train_catalogue_tokenizer
+        >>> tokenizer = train_catalogue_tokenizer(["Heat Up"], vocab_size=300)
+        >>> processor = UniMPProcessor.from_catalogue(tokenizer, ["m1"], ["Heat"], image_size=64)
+        >>> cache = UniMPImageCache(processor)
+        >>> red = Image.new("RGB", (80, 60), "red")
+        >>> tuple(cache.pixel_values([red, None, red])[0].shape), cache.pixel_values([red, None])[1].tolist()
+        ((3, 3, 64, 64), [True, False])
+        >>> model = UniMPForConditionalGeneration(UniMPConfig.tiny()).eval()
+        >>> tuple(cache.image_hidden_states(model, [red])[0].shape)  # (n, L, E)
+        (1, 4, 64)
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self._pixels: dict = {}  # key -> (3, H, W) float tensor, or None when the image does not decode
+        self._objects: dict = {}  # key -> the PIL image, kept alive so that its id stays unique
+        self._latents: dict = {}  # key -> (L, E) for the weights of `_latents_key`
+        self._latents_key: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._pixels)
+
+    def pixel_values(self, images: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 3, H, W) pixel values and an (n,) bool `present` mask (False: None or not decodable, zeros there)."""
+        missing = {}
+        for image in images:
+            key = _source_key(image)
+            if image is not None and (key is None or key not in self._pixels):
+                missing.setdefault(key if key is not None else ("once", id(image)), image)
+        fresh = {}
+        if missing:
+            values, present = self.processor.preprocess_images(list(missing.values()))
+            for (key, image), value, ok in zip(missing.items(), values, present):
+                fresh[key] = value if ok else None
+                if key[0] != "once":
+                    self._pixels[key] = fresh[key]
+                    if key[0] == "pil":
+                        self._objects[key] = image
+        size = self.processor.image_processor.size
+        out = torch.zeros(len(images), 3, size["height"], size["width"])
+        present = torch.zeros(len(images), dtype=torch.bool)
+        for n, image in enumerate(images):
+            if image is None:
+                continue
+            key = _source_key(image)
+            value = self._pixels[key] if key is not None else fresh[("once", id(image))]
+            if value is not None:
+                out[n], present[n] = value, True
+        return out, present
+
+    @torch.inference_mode()
+    def image_hidden_states(self, model, images: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, L, E) perceiver latents of `images` under `model`'s current weights, and the (n,) `present` mask.
+
+        Args:
+            model: a `UniMPForConditionalGeneration` (or its `UniMPModel`).
+            images: image references (paths, PIL images, None).
+        """
+        base = getattr(model, "model", model)
+        fingerprint = weights_fingerprint(base.vision_model, base.perceiver)
+        if fingerprint != self._latents_key:
+            self._latents, self._latents_key = {}, fingerprint
+        keys = [_source_key(image) if image is not None else None for image in images]
+        todo = {key: image for key, image in zip(keys, images)
+                if image is not None and (key is None or key not in self._latents)}
+        todo_images = list(todo.values())
+        encoded = {}
+        if todo_images:
+            pixels, present = self.pixel_values(todo_images)
+            rows = present.nonzero().flatten()
+            latents = torch.zeros(len(todo_images), base.config.perceiver_num_latents,
+                                  base.config.vision_config.hidden_size, dtype=base.dtype)
+            for start in range(0, len(rows), ENCODE_CHUNK):
+                chunk = rows[start : start + ENCODE_CHUNK]
+                latents[chunk] = base.get_image_features(pixels[chunk].unsqueeze(1))  # (c, L, E)
+            for n, (key, image) in enumerate(todo.items()):
+                value = latents[n] if present[n] else None
+                if key is None:
+                    encoded[id(image)] = value
+                else:
+                    self._latents[key] = value
+                    if key[0] == "pil":
+                        self._objects[key] = image
+        out = torch.zeros(len(images), base.config.perceiver_num_latents, base.config.vision_config.hidden_size,
+                          dtype=base.dtype)
+        present = torch.zeros(len(images), dtype=torch.bool)
+        for n, (key, image) in enumerate(zip(keys, images)):
+            if image is None:
+                continue
+            value = self._latents[key] if key is not None else encoded[id(image)]
+            if value is not None:
+                out[n], present[n] = value, True
+        return out, present
+
+
+def gather_image_hidden_states(cache: UniMPImageCache, model, images: list[list]) -> dict[str, torch.Tensor]:
+    """Per-prompt image lists -> `image_hidden_states` (B, N·L, E) from the cache and the (B, N) `present` mask.
+
+    Zeros fill padded or image-less slots; the processor's `image_attention_mask` already hides them.
+    """
+    flat = [image for row in images for image in row]
+    latents, present = cache.image_hidden_states(model, flat)  # (n, L, E)
+    batch_size, max_images = len(images), max((len(row) for row in images), default=0)
+    num_latents, dim = latents.shape[1], latents.shape[2]
+    out = torch.zeros(batch_size, max_images, num_latents, dim, dtype=latents.dtype)
+    slots = torch.zeros(batch_size, max_images, dtype=torch.bool)
+    lengths = np.array([len(row) for row in images])
+    rows = torch.from_numpy(np.repeat(np.arange(batch_size), lengths))
+    columns = torch.from_numpy(np.concatenate([np.arange(n) for n in lengths]) if len(flat) else np.zeros(0, int))
+    out[rows, columns] = latents
+    slots[rows, columns] = present
+    return {"image_hidden_states": out.flatten(1, 2), "present": slots}
+
+
+@torch.inference_mode()
+def score_prompts(model, processor, prompts: Sequence[dict], *, cache: UniMPImageCache | None = None,
+                  batch_size: int = 64, progress=None) -> torch.Tensor:
+    """Exact full-catalogue scores of evaluation prompts (ending at `<answer>`), fast: `score_items` on right-padded
+    batches of similar length, images as cached perceiver latents (each catalogue image encoded once per weights).
+
+    Args:
+        model: a `UniMPForConditionalGeneration` with the processor's catalogue.
+        processor: its `UniMPProcessor`.
+        prompts: n dicts with `text` and `images` (`render_record` / `processor.render_prompt` output).
+        cache: the image cache to use (and fill); a fresh one when None.
+        batch_size: prompts per forward pass.
+        progress: optional wrapper of the batch iterator (e.g. `tqdm`).
+    Returns: (n, num_items) float32 item logits, in the order of `prompts`.
+    """
+    cache = cache if cache is not None else UniMPImageCache(processor)
+    model.eval()
+    # prompts of similar length share a batch: little padding (order restored below)
+    order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]["text"]))
+    scores = torch.empty(len(prompts), processor.num_items)
+    batches = range(0, len(order), batch_size)
+    for start in progress(batches) if progress is not None else batches:
+        rows = order[start : start + batch_size]
+        texts, images = [prompts[n]["text"] for n in rows], [list(prompts[n]["images"]) for n in rows]
+        batch = processor(text=texts, images=images, padding_side="right", return_pixel_values=False)
+        encoded = gather_image_hidden_states(cache, model, images)
+        image_attention_mask = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)  # undecodable: none
+        scores[rows] = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                         image_hidden_states=encoded["image_hidden_states"],
+                                         image_attention_mask=image_attention_mask).float()
+    return scores
+
+
+__all__ = ["UniMPImageCache", "gather_image_hidden_states", "score_prompts", "weights_fingerprint"]
