@@ -82,6 +82,11 @@ def set_trainable(model: nn.Module, stage: str) -> list[str]:
             model.get_output_embeddings().requires_grad_(True)
         else:
             model.get_submodule(name).requires_grad_(True)
+    base = getattr(model, "model", None)
+    if hasattr(base, "item_encoder"):  # content-composed item tokens (issue 12): the composition always trains,
+        base.item_encoder.requires_grad_(True)  # as the free item rows do in every stage
+    if hasattr(base, "item_image_encoder"):  # the frozen snapshot that encodes items' images stays frozen
+        base.item_image_encoder.requires_grad_(False)
     return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
@@ -108,7 +113,7 @@ def lora_config_for(model: nn.Module, *, rank: int = 8, alpha: int = 16, dropout
             r"|query_key_value|dense|dense_h_to_4h|dense_4h_to_h|c_attn|c_proj|c_fc)"
             r"|.*gated_cross_attn\.\d+\.(q_proj|kv_proj|o_proj)"
         ),
-        modules_to_save=["perceiver"],
+        modules_to_save=["perceiver"] + (["item_encoder"] if config.uses_item_content else []),  # issue 12
         trainable_token_indices=trainable_tokens,
     )
 
@@ -117,14 +122,18 @@ def lora_config_for(model: nn.Module, *, rank: int = 8, alpha: int = 16, dropout
 class UniMPTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus UniMP's objective knobs (STYLE.md §5: each value lives in one place)."""
 
+    # a JSON string on the command line (`--task_weights '{"rec": 2.0, "exp": 1.0}'`) becomes a dict, as for
+    # TrainingArguments' own dict fields
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "task_weights"]
+
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal exponent γ of token re-weighting (§3.3)."})
     context_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of history-item answers (context reconstruction, §3.2); 0 is the ablation."},
     )
-    task_weights: dict = field(
+    task_weights: dict | str | None = field(  # `| str | None`: HfArgumentParser then reads a string (JSON)
         default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS),
-        metadata={"help": "Per-task weight λ_a (§3.4): λ_rec = 2, others 1."},
+        metadata={"help": "Per-task weight λ_a (§3.4): λ_rec = 2, others 1. JSON on the command line."},
     )
     trainable_stage: str = field(default="full", metadata={"help": "paper | full | lora (§1.6)."})
     max_history_items: int | None = field(

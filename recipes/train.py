@@ -118,6 +118,13 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)
     trainer.train(resume_from_checkpoint=last_checkpoint)
+    return save_and_test(trainer, processor, dataset_dict, recipe, training, images=images, started=started)
+
+
+def save_and_test(trainer, processor, dataset_dict, recipe: RecipeArguments, training, *, images: ImageCache,
+                  started: float, extra: dict | None = None) -> dict:
+    """Save the trained model (LoRA: the adapter under `adapter/`, then the merged model) and its processor, evaluate
+    the test split once, write `metrics.json` (plus `extra`) and the training curve; returns the metrics."""
     final = trainer.model
     if training.trainable_stage == "lora":  # keep the adapter on its own, then ship the merged model
         trainer.model.save_pretrained(Path(training.output_dir) / "adapter")
@@ -146,6 +153,8 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
                     "focal_gamma": training.focal_gamma, "context_weight": training.context_weight,
                     "context_order": processor.context_order,
                     "content_history_items": processor.content_history_items},
+        "best_validation": {training.metric_for_best_model or "none": trainer.state.best_metric},
+        **(extra or {}),
         **test,
     }
     write_json(metrics, Path(training.output_dir) / "metrics.json")
