@@ -16,7 +16,6 @@ from .image_tokenizer_unimp import UniMPImageTokenizer
 from .image_utils import load_image
 from .pipeline_unimp import _as_records, _history_window  # one input convention for both UniMP pipelines
 
-DEFAULT_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history (§2.2: 2 for img_gen); the recipe's default
 DEFAULT_BATCH_SIZE = 16
 # The evaluation prompt never shows the target, but the template needs a well-formed one to render.
 _PLACEHOLDER_TARGET = {"item_id": None, "title": "", "attributes": [], "image": None, "image_codes": [0]}
@@ -83,7 +82,8 @@ class UniMPImageGenerationPipeline(Pipeline):
     processor's catalogue) or item dicts `{"item_id"?, "title"?, "image"?: PIL image | path, "image_codes"?: str |
     list[int]}`. Each history item is shown as `<image> Title {title} ID {codes}` (reference §2.2 vi), its codes
     computed by the image tokenizer from its image (or taken from `image_codes`); items with neither are skipped
-    with a warning, as in training. Only the last `max_history_items` (default 2) are shown.
+    with a warning, as in training. Only the last `max_history_items` are shown (default: the window the model was
+    trained with, `processor.image_generation_max_history_items`).
 
     Decoding is constrained by `UniMPImageCodeLogitsProcessor`: exactly one full code grid, then EOS; greedy by
     default (reference §4.5), `do_sample=True` samples. The codes are decoded by the image tokenizer recorded in
@@ -94,8 +94,9 @@ class UniMPImageGenerationPipeline(Pipeline):
 
     Example:
         >>> from transformers import pipeline
-        >>> generate_image = pipeline("unimp-generate-image", model=model, processor=processor)  # doctest: +SKIP
-        >>> generate_image(["m1", "m2"], query="Toy Story").size  # doctest: +SKIP
+        >>> generate_image = pipeline("unimp-generate-image", model=model, processor=processor,
+        ...                           image_tokenizer=image_tokenizer)  # or processor.vq_model_name_or_path
+        >>> generate_image(["m1", "m2"], query="Toy Story", output_size=64).size
         (64, 64)
     """
 
@@ -181,7 +182,8 @@ class UniMPImageGenerationPipeline(Pipeline):
         Args:
             inputs: a history, a record `{"history": [...], "query": str}`, or a list of histories/records.
             batch_size: prompts per `generate` call (default 16).
-            kwargs: `query` (the default for every record), `max_history_items` (2), `output_size` (int or
+            kwargs: `query` (the default for every record), `max_history_items` (default: the processor's
+                `image_generation_max_history_items`, the training window), `output_size` (int or
                 (width, height)), `return_codes` (False), and the decoding settings `do_sample`, `num_beams`,
                 `temperature`, `top_k`, `top_p`.
         Returns: a `PIL.Image` (or a dict with `return_codes=True`) per input; a list for a batch.
@@ -202,8 +204,9 @@ class UniMPImageGenerationPipeline(Pipeline):
             results.extend(self.postprocess(model_outputs, **postprocess_params))
         return results[0] if single else results
 
-    def preprocess(self, records: list[dict], max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS) -> dict:
+    def preprocess(self, records: list[dict], max_history_items: int | None = None) -> dict:
         """Records -> the processor's left-padded batch of image-generation prompts (ending at `<answer>`)."""
+        max_history_items = max_history_items or self.processor.image_generation_max_history_items
         resolved_histories = []
         for row, record in enumerate(records):
             where = f"input {row}" if len(records) > 1 else "input"

@@ -30,10 +30,20 @@ from .prompt_templates import (
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §1.2: CLIP normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MAX_HISTORY_ITEMS = 10  # history items per prompt unless training sets another window
+DEFAULT_IMAGE_GENERATION_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history (§2.2 vi: 2 for img_gen)
 _BOS_TOKEN, _PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 # `<item_k>` / `<img_c>` strings in a prompt: the tokenizer knows only k < num_items (c < K); others would split into
 # characters and the prompt would silently name no item
 _NUMBERED_TOKEN_PATTERN = re.compile(r"<(item|img)_(\d+)>")
+
+
+def _history_window(name: str, value, default: int) -> int:
+    """`value` as a history window (an integer >= 1), or `default` when None; `ValueError` naming `name`."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (the history window), got {value!r}")
+    return int(value)
 
 
 def make_image_processor(image_size: int) -> CLIPImageProcessorPil:
@@ -106,6 +116,7 @@ class UniMPProcessor(ProcessorMixin):
         content_history_items: int | None = None,
         max_history_items: int | None = None,
         vq_model_name_or_path: str | None = None,
+        image_generation_max_history_items: int | None = None,
         training_data_licences: dict[str, str] | None = None,
         **kwargs,
     ):
@@ -120,11 +131,12 @@ class UniMPProcessor(ProcessorMixin):
         self.content_history_items = None if content_history_items is None else int(content_history_items)
         # the history window (latest items) the model was trained with: the one source at inference (pipelines,
         # recipes.evaluate); training sets it from UniMPTrainingArguments.max_history_items
-        if max_history_items is not None and (isinstance(max_history_items, bool) or not isinstance(
-                max_history_items, numbers.Integral) or max_history_items < 1):
-            raise ValueError(f"max_history_items must be an integer >= 1 (the history window), got "
-                             f"{max_history_items!r}")
-        self.max_history_items = DEFAULT_MAX_HISTORY_ITEMS if max_history_items is None else int(max_history_items)
+        self.max_history_items = _history_window("max_history_items", max_history_items, DEFAULT_MAX_HISTORY_ITEMS)
+        # the shorter window of the image-generation prompts (recipes.train_image_generation sets it; the
+        # image-generation pipeline reads it)
+        self.image_generation_max_history_items = _history_window(
+            "image_generation_max_history_items", image_generation_max_history_items,
+            DEFAULT_IMAGE_GENERATION_MAX_HISTORY_ITEMS)
         # image generation: the VQ image tokenizer (UniMPImageTokenizer) that decodes `<img_c>` codes, a path or a
         # subfolder of the checkpoint (a name without "tokenizer": ProcessorMixin would take it for a sub-processor)
         self.vq_model_name_or_path = vq_model_name_or_path
@@ -452,4 +464,5 @@ class UniMPProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_attention_mask"]
 
 
-__all__ = ["DEFAULT_MAX_HISTORY_ITEMS", "UniMPProcessor", "make_image_processor", "train_catalogue_tokenizer"]
+__all__ = ["DEFAULT_IMAGE_GENERATION_MAX_HISTORY_ITEMS", "DEFAULT_MAX_HISTORY_ITEMS", "UniMPProcessor",
+           "make_image_processor", "train_catalogue_tokenizer"]

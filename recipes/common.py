@@ -304,7 +304,7 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             logger.info("time budget of %.0f s reached at step %d: stopping", self.max_seconds, state.global_step)
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"
-            control.should_save = True
+            control.should_save = args.save_strategy != "no"  # a run without checkpoints (image recipes) stays so
         return control
 
 

@@ -1,6 +1,6 @@
 """`Trainer` pieces the image-side recipes share (`pretrain_vision`, `train_image_tokenizer`): a dataset of named
 tensors, a seeded collator for training-time pixel transforms, their `TrainingArguments`, a per-step record of
-the training scalars and a wall-time budget."""
+the training scalars; the wall-time budget is `recipes.common.TimeBudgetCallback`."""
 
 import time
 from collections import defaultdict
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .common import TimeBudgetCallback
 
 
 @dataclass
@@ -86,21 +88,6 @@ def make_training_arguments(*, output_dir: str, max_steps: int, batch_size: int,
     )
 
 
-class TimeBudgetCallback(TrainerCallback):
-    """Stops training after `max_train_seconds` of wall time (None: no budget), even before `max_steps`."""
-
-    def __init__(self, max_train_seconds: float | None):
-        self.max_train_seconds = max_train_seconds
-        self.start_time = time.perf_counter()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start_time = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.max_train_seconds is not None and time.perf_counter() - self.start_time > self.max_train_seconds:
-            control.should_training_stop = True
-
-
 class RecordingTrainer(Trainer):
     """A `Trainer` whose subclasses' `compute_loss` calls `record(model, name=scalar, ...)` on each training step,
     so `history[name]` holds one value per step (the recipes report the first and a smoothed last value)."""
@@ -146,10 +133,12 @@ def train_image_model(trainer_class: type[RecordingTrainer], model: torch.nn.Mod
         warmup_steps=recipe_args.warmup_steps, weight_decay=recipe_args.weight_decay,
         logging_steps=recipe_args.logging_steps, seed=recipe_args.seed,
     )
+    if recipe_args.max_train_seconds is not None:
+        callbacks = [TimeBudgetCallback(recipe_args.max_train_seconds), *callbacks]
     trainer = trainer_class(
         model=model, args=training_args, train_dataset=dataset,
-        data_collator=PixelBatchCollator(transform, seed=recipe_args.seed),
-        callbacks=[TimeBudgetCallback(recipe_args.max_train_seconds), *callbacks], optimizers=(optimizer, None),
+        data_collator=PixelBatchCollator(transform, seed=recipe_args.seed), callbacks=list(callbacks),
+        optimizers=(optimizer, None),
     )
     return {**trainer.train_timed(), "history": dict(trainer.history)}
 
@@ -167,7 +156,6 @@ __all__ = [
     "NamedTensorDataset",
     "PixelBatchCollator",
     "RecordingTrainer",
-    "TimeBudgetCallback",
     "make_training_arguments",
     "smooth",
     "train_image_model",

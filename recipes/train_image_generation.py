@@ -31,9 +31,6 @@ from modeling_unimp import (
     UniMPProcessor,
     train_catalogue_tokenizer,
 )
-from modeling_unimp.pipeline_image_generation_unimp import (
-    DEFAULT_MAX_HISTORY_ITEMS as IMAGE_GENERATION_MAX_HISTORY_ITEMS,
-)
 from modeling_unimp.pipeline_image_generation_unimp import UniMPImageGenerationPipeline
 from modeling_unimp.prompt_templates import (
     IMGGEN_INSTRUCTION,
@@ -81,9 +78,10 @@ class ImageGenerationArguments:
         metadata={"help": "The query: the target's 'title' keywords, its 'category' / genres, or 'title_and_category' "
                           "(task_records.item_query)."},
     )
-    image_generation_max_history_items: int = field(
-        default=IMAGE_GENERATION_MAX_HISTORY_ITEMS,
-        metadata={"help": "History items shown per image-generation prompt (2 in the reference, §2.2 vi)."},
+    image_generation_max_history_items: int | None = field(
+        default=None,
+        metadata={"help": "History items shown per image-generation prompt, saved with the processor (None: the "
+                          "processor's, DEFAULT_IMAGE_GENERATION_MAX_HISTORY_ITEMS = 2 as in the reference, §2.2 vi)."},
     )
     # Evaluation
     generation_batch_size: int = field(default=32, metadata={"help": "Test prompts per generate call."})
@@ -153,11 +151,12 @@ def image_generation_query(item: dict, source: str) -> str:
 
 
 def build_records(dataset_dict, items, code_strings, split: str, generation: ImageGenerationArguments,
-                  num_windows_per_user: int | None, seed: int, max_users: int | None = None) -> list[dict]:
-    """Image-generation records of `split` with the configured query; history items carry 64-px PIL images."""
+                  max_history_items: int, num_windows_per_user: int | None, seed: int,
+                  max_users: int | None = None) -> list[dict]:
+    """Image-generation records of `split` with the configured query and the processor's image-generation window
+    (`max_history_items`); history items carry 64-px PIL images."""
     records = build_image_generation_records(
-        dataset_dict[split], items, image_codes=code_strings, split=split,
-        max_history_items=generation.image_generation_max_history_items,
+        dataset_dict[split], items, image_codes=code_strings, split=split, max_history_items=max_history_items,
         num_windows_per_user=num_windows_per_user, seed=seed,
     )
     if max_users is not None:
@@ -209,8 +208,8 @@ def generate_test_images(pipe: UniMPImageGenerationPipeline, records: list[dict]
     batch = generation.generation_batch_size
     for start in tqdm(range(0, len(records), batch), desc="generate test images", mininterval=10):
         inputs = [{"history": record["history"], "query": record["query"]} for record in records[start : start + batch]]
-        outputs = pipe(inputs, batch_size=batch, return_codes=True,
-                       max_history_items=generation.image_generation_max_history_items, **decoding)
+        # the history window: the pipeline's default, the processor's image_generation_max_history_items
+        outputs = pipe(inputs, batch_size=batch, return_codes=True, **decoding)
         codes.extend(output["codes"] for output in outputs)
     return codes
 
@@ -265,13 +264,16 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
     processor.vq_model_name_or_path = IMAGE_TOKENIZER_SUBFOLDER
     if training.max_history_items is not None:  # the rec window when mixed in; saved with the processor
         processor.max_history_items = training.max_history_items
+    if generation.image_generation_max_history_items is not None:  # saved with the processor too
+        processor.image_generation_max_history_items = generation.image_generation_max_history_items
+    window = processor.image_generation_max_history_items
     set_trainable(model, training.trainable_stage)
     vision_size = model.config.vision_config.image_size
     images = {item_id: to_pil(p) if resolution == vision_size else to_pil(p).resize((vision_size, vision_size),
               Image.Resampling.BICUBIC) for item_id, p in pixels.items()}
     image_items = {item_id: {**item, "image": images.get(item_id)} for item_id, item in items.items()}
 
-    train_records = build_records(dataset_dict, image_items, code_strings, TRAIN_SPLIT, generation,
+    train_records = build_records(dataset_dict, image_items, code_strings, TRAIN_SPLIT, generation, window,
                                   recipe.num_windows_per_user, training.seed)
     train_examples = [render_record(record, TRAIN_SPLIT, task_weights=training.task_weights)
                       for record in train_records]
@@ -303,8 +305,8 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
     processor.save_pretrained(output_dir)
     image_tokenizer.save_pretrained(output_dir / IMAGE_TOKENIZER_SUBFOLDER)
 
-    test_records = build_records(dataset_dict, image_items, code_strings, "test", generation, None, training.seed,
-                                 max_users=recipe.max_test_users)
+    test_records = build_records(dataset_dict, image_items, code_strings, "test", generation, window, None,
+                                 training.seed, max_users=recipe.max_test_users)
     pipe = UniMPImageGenerationPipeline(model=model, processor=processor, image_tokenizer=image_tokenizer,
                                         device=model.device)
     generated = generate_test_images(pipe, test_records, generation)

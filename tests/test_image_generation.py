@@ -55,9 +55,10 @@ def code_model(code_processor):
     return model
 
 
-def test_docstring_example_of_the_constraint_runs():
-    result = doctest.testmod(pipeline_module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+def test_docstring_examples_run(code_processor, code_model):
+    extraglobs = {"model": code_model, "processor": code_processor, "image_tokenizer": _tiny_image_tokenizer()}
+    result = doctest.testmod(pipeline_module, extraglobs=extraglobs, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0  # the constraint's example and the pipeline's
 
 
 def test_code_tokens_are_contiguous_single_tokens_recorded_in_the_config(code_processor, code_model):
@@ -168,13 +169,30 @@ def test_pipeline_batches_item_dicts_and_returns_codes(code_processor, code_mode
         assert image_tokenizer.string_to_codes(result["code_string"]).tolist() == result["codes"]
 
 
-def test_pipeline_loads_the_image_tokenizer_recorded_in_the_checkpoint(code_processor, code_model, tmp_path):
+def test_pipeline_loads_the_image_tokenizer_and_history_window_recorded_in_the_checkpoint(code_processor, code_model,
+                                                                                          tmp_path):
+    assert code_processor.image_generation_max_history_items == 2  # the reference's window, the default
     code_processor.vq_model_name_or_path = "image_tokenizer"  # relative to the checkpoint folder
+    code_processor.image_generation_max_history_items = 1  # what recipes.train_image_generation trained with
     code_model.save_pretrained(tmp_path)
     code_processor.save_pretrained(tmp_path)
     _tiny_image_tokenizer().save_pretrained(tmp_path / "image_tokenizer")
     generate_image = pipeline("unimp-generate-image", model=str(tmp_path), device="cpu")
+    assert generate_image.processor.image_generation_max_history_items == 1
     assert generate_image(["m2"], query="heat").size == (8, 8)
+
+    def num_images_shown(**kwargs):
+        inputs = generate_image.preprocess([{"history": ["m1", "m2"], "query": "heat"}], **kwargs)["model_inputs"]
+        return int((inputs["input_ids"] == generate_image.processor.image_token_id).sum())
+
+    assert num_images_shown() == 1 and num_images_shown(max_history_items=2) == 2
+
+
+@pytest.mark.parametrize("window", [0, -1, 1.5, True, "2"])
+def test_processor_rejects_a_bad_image_generation_window_naming_it(tiny_processor, window):
+    with pytest.raises(ValueError, match="image_generation_max_history_items must be an integer >= 1"):
+        UniMPProcessor(image_processor=tiny_processor.image_processor, tokenizer=tiny_processor.tokenizer,
+                       image_generation_max_history_items=window)
 
 
 @pytest.mark.parametrize("history, query, message", [

@@ -7,11 +7,11 @@ import torch
 from transformers import TrainerControl, TrainerState
 
 from modeling_unimp import UniMPConfig
+from recipes.common import TimeBudgetCallback
 from recipes.image_training import (
     NamedTensorDataset,
     PixelBatchCollator,
     RecordingTrainer,
-    TimeBudgetCallback,
     make_training_arguments,
     smooth,
 )
@@ -52,17 +52,17 @@ def test_smooth_is_an_exponential_moving_average_from_the_first_value():
     assert smooth([2.0, 4.0, 0.0], 0.5) == pytest.approx((0.5 * 2 + 0.5 * 4) * 0.5)
 
 
-def test_time_budget_stops_training_only_once_spent():
+def test_time_budget_stops_an_image_run_without_writing_a_checkpoint(tmp_path):
+    args = make_training_arguments(output_dir=str(tmp_path), max_steps=10, batch_size=2, learning_rate=0.1,
+                                   warmup_steps=0, weight_decay=0.0, logging_steps=1, seed=0)
     control, state = TrainerControl(), TrainerState()
-    TimeBudgetCallback(None).on_step_end(None, state, control)
-    assert not control.should_training_stop
     budget = TimeBudgetCallback(60.0)
-    budget.on_train_begin(None, state, control)
-    budget.on_step_end(None, state, control)
+    budget.on_train_begin(args, state, control)
+    budget.on_step_end(args, state, control)
     assert not control.should_training_stop
-    budget.start_time -= 61.0
-    budget.on_step_end(None, state, control)
-    assert control.should_training_stop
+    budget.spent_seconds = 61.0
+    budget.on_step_end(args, state, control)
+    assert control.should_training_stop and not control.should_save  # save_strategy "no": no checkpoint-N folder
 
 
 class _LinearRegressionTrainer(RecordingTrainer):
