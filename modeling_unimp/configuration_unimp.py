@@ -3,6 +3,9 @@
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+ITEM_REPRESENTATIONS = ("id", "content", "id+content")  # what an <item_k> token's vectors are made of (issue 12)
+ITEM_IMAGE_ENCODERS = ("copy", "shared", "none")  # where the items' image content features come from
+
 
 class UniMPConfig(PreTrainedConfig):
     r"""Configuration of a UniMP model (OpenFlamingo-style, reference unimp_method.md §1.1-§1.5).
@@ -44,6 +47,16 @@ class UniMPConfig(PreTrainedConfig):
     item_token_start_id: int | None = None  # `<item_0>`; items are one contiguous id range
     num_items: int = 0
     tie_word_embeddings: bool = False  # the paper's GPT-NeoX LM has an untied head
+    # Item tokens as content (issue 12). "id": every <item_k> is a free embedding row and head row (the paper);
+    # "content": both are learned projections of the item's frozen content features (text + image), so items share
+    # statistics and an item added after training gets vectors; "id+content": content plus a free id residual (the
+    # item's embedding and head rows, zero at the start).
+    item_representation: str = "id"
+    item_text_feature_dim: int = 384  # frozen text features per item: all-MiniLM-L6-v2 sentence embeddings
+    # the image features' encoder: "copy" a frozen snapshot of the vision tower + perceiver taken when the content is
+    # attached (cold-start items are encoded as the catalogue was, while the live tower trains), "shared" the live
+    # tower (right when it is frozen, the paper stage), "none" text only
+    item_image_encoder: str = "copy"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -68,12 +81,25 @@ class UniMPConfig(PreTrainedConfig):
             )
         if self.num_items < 0:
             raise ValueError(f"UniMPConfig.num_items must be >= 0, got {self.num_items}")
+        if self.item_representation not in ITEM_REPRESENTATIONS:
+            raise ValueError(f"UniMPConfig.item_representation must be one of {ITEM_REPRESENTATIONS}, got "
+                             f"{self.item_representation!r}")
+        if self.item_image_encoder not in ITEM_IMAGE_ENCODERS:
+            raise ValueError(f"UniMPConfig.item_image_encoder must be one of {ITEM_IMAGE_ENCODERS}, got "
+                             f"{self.item_image_encoder!r}")
+        if self.item_text_feature_dim < 1:
+            raise ValueError(f"UniMPConfig.item_text_feature_dim must be >= 1, got {self.item_text_feature_dim}")
 
     @property
     def cross_attn_layer_ids(self) -> list[int]:
         """0-based decoder layers preceded by a gated block: `(idx + 1) % n == 0` (reference §1.3)."""
         n = self.cross_attn_every_n_layers
         return [idx for idx in range(self.text_config.num_hidden_layers) if (idx + 1) % n == 0]
+
+    @property
+    def uses_item_content(self) -> bool:
+        """Whether `<item_k>` vectors are composed from item content ("content" or "id+content", issue 12)."""
+        return self.item_representation != "id"
 
     @property
     def item_token_ids(self) -> range:
@@ -154,4 +180,4 @@ class UniMPConfig(PreTrainedConfig):
         return cls(vision_config=vision_config, text_config=text_config, **kwargs)
 
 
-__all__ = ["UniMPConfig"]
+__all__ = ["ITEM_IMAGE_ENCODERS", "ITEM_REPRESENTATIONS", "UniMPConfig"]

@@ -16,6 +16,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
+from .catalogue_cache import weights_fingerprint
 from .configuration_unimp import UniMPConfig
 
 IGNORE_INDEX = -100  # `labels` value of unsupervised tokens: what transformers' loss functions skip
@@ -146,6 +147,93 @@ class UniMPGatedCrossAttentionBlock(nn.Module):
         return hidden_states + torch.tanh(self.ff_gate) * self.feed_forward(hidden_states)
 
 
+def encode_images(vision_model: nn.Module, perceiver: nn.Module, config: UniMPConfig,
+                  pixel_values: torch.Tensor) -> torch.Tensor:
+    """Vision tower (patch tokens, no CLS, reference §1.2) -> perceiver: (B, N, C, H, W) -> (B, N·L, E)."""
+    batch_size, num_images = pixel_values.shape[:2]
+    flat = pixel_values.flatten(0, 1).to(vision_model.dtype)  # (B·N, C, H, W)
+    patch_features = vision_model(pixel_values=flat).last_hidden_state  # (B·N, prefix + P, E)
+    num_patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    latents = perceiver(patch_features[:, -num_patches:])  # (B·N, L, E)
+    return latents.reshape(batch_size, num_images * latents.shape[1], latents.shape[2])
+
+
+class UniMPItemImageEncoder(nn.Module):
+    """The frozen snapshot of the vision tower + perceiver that encodes items' images into content features
+    (`item_image_encoder="copy"`, issue 12): cold-start items are encoded exactly as the catalogue was, while the
+    live tower keeps training. Never called in `forward`: its output is stored as `UniMPItemContentEncoder` buffers."""
+
+    def __init__(self, config: UniMPConfig):
+        super().__init__()
+        self.config = config
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.perceiver = UniMPPerceiverResampler(config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.perceiver.latents.dtype
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Args: pixel_values (B, N, C, H, W). Returns: (B, N·L, E) perceiver latents."""
+        return encode_images(self.vision_model, self.perceiver, self.config, pixel_values)
+
+
+class UniMPItemContentEncoder(nn.Module):
+    r"""Item content -> the input embedding and the output (scoring) vector of every `<item_k>` (issue 12).
+
+    Per item k, with frozen content features as buffers (saved with the checkpoint, so a content model loads and
+    ranks offline): `text_features[k]` (Ft) the item text's sentence embedding, `image_features[k]` (E) its pooled
+    perceiver latents, and the flags `has_text[k]`, `has_image[k]`. A missing modality contributes a learned
+    "missing" vector instead:
+        text_k = W_t t_k if has_text[k] else u_t;   image_k = W_v v_k if has_image[k] else u_v
+        z_k = LN(GELU(text_k + image_k));   input_k = P_in z_k,  output_k = P_out z_k   (D each)
+    One pass over the catalogue gives every item's vectors, so ranking stays exact over the whole catalogue.
+    """
+
+    def __init__(self, config: UniMPConfig):
+        super().__init__()
+        dim = config.text_config.hidden_size
+        num_items, image_dim = config.num_items, config.vision_config.hidden_size
+        self.register_buffer("text_features", torch.zeros(num_items, config.item_text_feature_dim))
+        self.register_buffer("image_features", torch.zeros(num_items, image_dim))
+        self.register_buffer("has_text", torch.zeros(num_items, dtype=torch.bool))
+        self.register_buffer("has_image", torch.zeros(num_items, dtype=torch.bool))
+        self.text_proj = nn.Linear(config.item_text_feature_dim, dim)
+        self.image_proj = nn.Linear(image_dim, dim)
+        self.missing_text = nn.Parameter(torch.zeros(dim))
+        self.missing_image = nn.Parameter(torch.zeros(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.input_proj = nn.Linear(dim, dim, bias=False)
+        self.output_proj = nn.Linear(dim, dim, bias=False)
+
+    @property
+    def num_items(self) -> int:
+        return self.text_features.shape[0]
+
+    def set_content(self, text_features: torch.Tensor, has_text: torch.Tensor, image_features: torch.Tensor,
+                    has_image: torch.Tensor) -> None:
+        """Replace the content buffers: (n, Ft), (n,), (n, E), (n,) for the n catalogue items."""
+        num_items = text_features.shape[0]
+        shapes = {"text_features": (num_items, self.text_features.shape[1]), "has_text": (num_items,),
+                  "image_features": (num_items, self.image_features.shape[1]), "has_image": (num_items,)}
+        given = {"text_features": text_features, "has_text": has_text, "image_features": image_features,
+                 "has_image": has_image}
+        for name, value in given.items():
+            if tuple(value.shape) != shapes[name]:
+                raise ValueError(f"item content `{name}` has shape {tuple(value.shape)}, expected {shapes[name]} "
+                                 f"(one row per catalogue item; UniMPConfig.item_text_feature_dim / the vision "
+                                 "hidden size for the feature width)")
+            old = getattr(self, name)
+            setattr(self, name, value.detach().to(device=old.device, dtype=old.dtype).clone())
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns: the (n, D) input embeddings and the (n, D) output vectors of the n catalogue items."""
+        text = torch.where(self.has_text.unsqueeze(-1), self.text_proj(self.text_features), self.missing_text)
+        image = torch.where(self.has_image.unsqueeze(-1), self.image_proj(self.image_features), self.missing_image)
+        hidden = self.norm(F.gelu(text + image))  # (n, D)
+        return self.input_proj(hidden), self.output_proj(hidden)
+
+
 @dataclass
 class _ImageContext:
     """What the decoder-layer pre-hooks need, passed as a forward kwarg (no state kept on layers)."""
@@ -194,6 +282,14 @@ def _decoder_layers(language_model: nn.Module) -> nn.ModuleList:
         if isinstance(layers, nn.ModuleList) and len(layers) == num_layers:
             return layers
     raise ValueError(f"cannot find the {num_layers} decoder layers of {type(language_model).__name__}")
+
+
+def _check_item_content(encoder: UniMPItemContentEncoder, config: UniMPConfig) -> None:
+    if encoder.num_items != config.num_items:
+        raise ValueError(f"the item content covers {encoder.num_items} items but config.num_items is "
+                         f"{config.num_items}: "
+                         "attach the catalogue's content (modeling_unimp.item_content_unimp.attach_item_content) after "
+                         "processor.prepare_model, or add items with add_catalogue_items")
 
 
 def build_image_attention_mask(input_ids: torch.Tensor, image_token_id: int, num_images: int) -> torch.Tensor:
@@ -259,6 +355,14 @@ class UniMPPreTrainedModel(PreTrainedModel):
             init.constant_(module.ff_gate, self.config.gate_init)
         elif isinstance(module, UniMPPerceiverResampler):
             init.normal_(module.latents)  # OpenFlamingo: torch.randn latents
+        elif isinstance(module, UniMPItemContentEncoder):
+            init.zeros_(module.missing_text)
+            init.zeros_(module.missing_image)
+            # z is unit-scale after its LayerNorm: std/sqrt(D) gives item vectors the scale of token embeddings
+            std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
+            std /= module.input_proj.in_features ** 0.5
+            init.normal_(module.input_proj.weight, std=std)
+            init.normal_(module.output_proj.weight, std=std)
 
 
 class UniMPModel(UniMPPreTrainedModel):
@@ -275,6 +379,10 @@ class UniMPModel(UniMPPreTrainedModel):
         )
         for layer_index, layer in enumerate(_decoder_layers(self.language_model)):
             layer.register_forward_pre_hook(partial(_cross_attend_before_layer, layer_index), with_kwargs=True)
+        if config.uses_item_content:  # issue 12: <item_k> vectors from the item's content
+            self.item_encoder = UniMPItemContentEncoder(config)
+            if config.item_image_encoder == "copy":
+                self.item_image_encoder = UniMPItemImageEncoder(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -289,14 +397,27 @@ class UniMPModel(UniMPPreTrainedModel):
         Args: pixel_values (B, N, C, H, W).
         Returns: (B, N·L, E) perceiver latents.
         """
-        batch_size, num_images = pixel_values.shape[:2]
-        flat = pixel_values.flatten(0, 1).to(self.vision_model.dtype)  # (B·N, C, H, W)
-        patch_features = self.vision_model(pixel_values=flat).last_hidden_state  # (B·N, prefix + P, E)
-        vision_config = self.config.vision_config
-        num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
-        patch_features = patch_features[:, -num_patches:]  # drop CLS: OpenFlamingo uses patch tokens (§1.2)
-        latents = self.perceiver(patch_features)  # (B·N, L, E)
-        return latents.reshape(batch_size, num_images * latents.shape[1], latents.shape[2])
+        return encode_images(self.vision_model, self.perceiver, self.config, pixel_values)
+
+    @property
+    def item_image_features_encoder(self) -> nn.Module | None:
+        """What encodes items' images into content features: the frozen copy, the live tower, or None (text only)."""
+        source = self.config.item_image_encoder if self.config.uses_item_content else "none"
+        return {"copy": getattr(self, "item_image_encoder", None), "shared": self, "none": None}[source]
+
+    def embed_with_items(self, input_ids: torch.Tensor, item_input_embeddings: torch.Tensor) -> torch.Tensor:
+        """Token embeddings where every `<item_k>` takes its content vector (plus its own row under "id+content").
+
+        Args: input_ids (B, T); item_input_embeddings (num_items, D).
+        Returns: (B, T, D).
+        """
+        embeddings = self.get_input_embeddings()(input_ids)  # (B, T, D)
+        offset = input_ids - self.config.item_token_start_id
+        is_item = ((offset >= 0) & (offset < item_input_embeddings.shape[0])).unsqueeze(-1)  # (B, T, 1)
+        content = item_input_embeddings.to(embeddings.dtype)[offset.clamp(0, item_input_embeddings.shape[0] - 1)]
+        if self.config.item_representation == "id+content":  # the item's embedding row is the id residual
+            return embeddings + content * is_item
+        return torch.where(is_item, content, embeddings)
 
     def _resolve_image_attention_mask(
         self, input_ids: torch.Tensor | None, image_attention_mask: torch.Tensor | None, num_images: int
@@ -330,6 +451,7 @@ class UniMPModel(UniMPPreTrainedModel):
         image_hidden_states: torch.FloatTensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        item_input_embeddings: torch.Tensor | None = None,
         **kwargs,
     ) -> UniMPModelOutputWithPast:
         """Args:
@@ -338,10 +460,18 @@ class UniMPModel(UniMPPreTrainedModel):
             image_hidden_states: (B, N·L, E), already-encoded images (generation after prefill).
             image_attention_mask: (B, T, N), True where token t uses image n; built from the `<image>`
                 positions when omitted (then every row must hold exactly N `<image>` tokens).
+            item_input_embeddings: (num_items, D), the items' content input vectors (content models; computed
+                from `item_encoder` when omitted).
         Returns: `UniMPModelOutputWithPast` with `last_hidden_state` (B, T, D) and `image_hidden_states`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        language_input_ids = input_ids
+        if self.config.uses_item_content and input_ids is not None and self.config.num_items:
+            if item_input_embeddings is None:
+                _check_item_content(self.item_encoder, self.config)
+                item_input_embeddings = self.item_encoder()[0]
+            inputs_embeds, language_input_ids = self.embed_with_items(input_ids, item_input_embeddings), None
         if image_hidden_states is None and pixel_values is not None and pixel_values.shape[1] > 0:
             image_hidden_states = self.get_image_features(pixel_values)
         latent_attention_mask = None
@@ -356,7 +486,7 @@ class UniMPModel(UniMPPreTrainedModel):
             latent_attention_mask=latent_attention_mask,
         )
         outputs = self.language_model(
-            input_ids=input_ids,
+            input_ids=language_input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -384,7 +514,26 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = UniMPModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._item_vectors_memo: tuple | None = None  # (weights key, vectors): see item_vectors
         self.post_init()
+
+    def item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The content input embeddings and output vectors of every catalogue item, (num_items, D) each (issue 12).
+
+        Under gradients they are recomputed (they train); without gradients (evaluation, pipelines, generation) they
+        are computed once per weights: the memo is keyed by a content hash of the encoder's parameters and buffers
+        (`catalogue_cache.weights_fingerprint`, which also sees `param.data` edits), so it is never stale.
+        """
+        if not self.config.uses_item_content:
+            raise ValueError("item_vectors needs item_representation 'content' or 'id+content'")
+        encoder = self.model.item_encoder
+        _check_item_content(encoder, self.config)
+        if torch.is_grad_enabled():
+            return encoder()
+        key = (weights_fingerprint(encoder), str(encoder.text_features.device))
+        if self._item_vectors_memo is None or self._item_vectors_memo[0] != key:
+            self._item_vectors_memo = (key, encoder())
+        return self._item_vectors_memo[1]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -428,6 +577,10 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
         Returns: `UniMPCausalLMOutputWithPast` with `logits` (B, T, V).
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        item_vectors = None
+        if self.config.uses_item_content and self.config.num_items:
+            item_vectors = self.item_vectors()
+            kwargs["item_input_embeddings"] = item_vectors[0]
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -442,10 +595,13 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
-            logits = self.lm_head(hidden_states[logits_to_keep])  # (n, V): only the selected (row, token) pairs
+            hidden_states = hidden_states[logits_to_keep]  # (n, D): only the selected (row, token) pairs
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = self.lm_head(hidden_states[:, keep, :])
+            hidden_states = hidden_states[:, keep, :]
+        logits = self.lm_head(hidden_states)
+        if item_vectors is not None:
+            logits = self._with_item_content_logits(logits, hidden_states, item_vectors[1])
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -462,6 +618,16 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
         )
+
+    def _with_item_content_logits(self, logits: torch.Tensor, hidden_states: torch.Tensor,
+                                  item_output_vectors: torch.Tensor) -> torch.Tensor:
+        """(..., V) logits whose item slice scores the items' content vectors (plus the head rows, the id residual,
+        under "id+content"); hidden_states (..., D), item_output_vectors (num_items, D)."""
+        start, num_items = self.config.item_token_start_id, self.config.num_items
+        content = hidden_states @ item_output_vectors.to(hidden_states.dtype).T  # (..., num_items)
+        if self.config.item_representation == "id+content":
+            content = logits[..., start : start + num_items] + content
+        return torch.cat([logits[..., :start], content.to(logits.dtype), logits[..., start + num_items :]], dim=-1)
 
     def item_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The scores of every catalogue item from next-token logits: (..., V) -> (..., num_items).
@@ -609,6 +775,8 @@ __all__ = [
     "IGNORE_INDEX",
     "UniMPPerceiverResampler",
     "UniMPGatedCrossAttentionBlock",
+    "UniMPItemContentEncoder",
+    "UniMPItemImageEncoder",
     "UniMPPreTrainedModel",
     "UniMPModel",
     "UniMPForConditionalGeneration",

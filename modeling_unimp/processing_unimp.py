@@ -279,6 +279,54 @@ class UniMPProcessor(ProcessorMixin):
             if name in ("pad_token_id", "bos_token_id", "eos_token_id") and model.generation_config is not None:
                 setattr(model.generation_config, name, value)
 
+    def add_items(self, item_ids: Sequence[str], item_titles: Sequence[str] | None = None,
+                  item_images: Sequence | None = None,
+                  item_attributes: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[int]:
+        """Append items to the catalogue (cold-start items, issue 12): one new `<item_k>` token each, right after the
+        last item token, so the item ids stay one contiguous range. Then call `prepare_model` (or use
+        `item_content_unimp.add_catalogue_items`, which also gives a content model their vectors).
+
+        Args:
+            item_ids: m new ids (not yet in the catalogue).
+            item_titles, item_images, item_attributes: per new item (None: empty title, no image, a `Title`).
+                Images are stored only as paths (others are kept as None: the processor saves JSON).
+        Returns: the m new catalogue indices.
+        """
+        item_ids = [str(item_id) for item_id in item_ids]
+        count = len(item_ids)
+        for name, values in (("item_titles", item_titles), ("item_images", item_images),
+                             ("item_attributes", item_attributes)):
+            if values is not None and len(values) != count:
+                raise ValueError(f"{name} has {len(values)} entries for {count} new item_ids")
+        seen = set(self._item_index)
+        for position, item_id in enumerate(item_ids):
+            if item_id in seen:
+                raise ValueError(f"new item {position} ({item_id!r}) is already in the catalogue or repeated")
+            seen.add(item_id)
+        if self.item_ids and self.tokenizer.convert_tokens_to_ids(item_token(self.num_items - 1)) != (
+                len(self.tokenizer) - 1):
+            raise ValueError("tokens follow <item_k> in this vocabulary (e.g. <img_c> image codes): new item tokens "
+                             "would not be contiguous with the catalogue's; rebuild the processor with all items")
+        self.tokenizer.add_tokens([AddedToken(item_token(k), lstrip=True, normalized=False)
+                                   for k in range(self.num_items, self.num_items + count)])
+        titles = list(item_titles) if item_titles is not None else [""] * count
+        images = [image if isinstance(image, str) else None
+                  for image in (item_images if item_images is not None else [None] * count)]
+        first = self.num_items
+        self.item_ids += item_ids
+        self.item_titles += [title or "" for title in titles]
+        self.item_images += images
+        if self.item_attributes is None and item_attributes is not None:  # keep the new items' attributes: the
+            # stored items get the one attribute an id renders with today, their title
+            self.item_attributes = [[["Title", title]] if title else [] for title in self.item_titles[:first]]
+        if self.item_attributes is not None:
+            attributes = item_attributes if item_attributes is not None else [
+                [("Title", title)] if title else [] for title in titles]
+            self.item_attributes += [[[str(key), "" if value is None else str(value)] for key, value in pairs]
+                                     for pairs in attributes]
+        self._item_index.update({item_id: first + n for n, item_id in enumerate(item_ids)})
+        return list(range(first, first + count))
+
     def item_index(self, item_id: str) -> int:
         """Catalogue index k of a real item id; `KeyError` naming it when unknown."""
         try:
