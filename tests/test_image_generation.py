@@ -1,4 +1,4 @@
-"""User-guided image generation (issue 7): code tokens, constrained decoding, the pipeline, image metrics."""
+"""User-guided image generation (issue 7): code tokens, constrained decoding, the pipeline (metrics elsewhere)."""
 
 import copy
 import doctest
@@ -13,7 +13,6 @@ import modeling_unimp.pipeline_image_generation_unimp as pipeline_module
 from modeling_unimp import UniMPForConditionalGeneration, UniMPImageTokenizer, UniMPImageTokenizerConfig, UniMPProcessor
 from modeling_unimp.pipeline_image_generation_unimp import UniMPImageCodeLogitsProcessor
 from modeling_unimp.prompt_templates import image_code_token, render_record
-from processing.image_metrics import compute_frechet_distance, compute_retrieval_metrics
 from tests.conftest import REPO_ROOT, make_tiny_config
 
 CODEBOOK_SIZE = 16
@@ -220,41 +219,6 @@ def test_pipeline_rejects_a_model_without_code_tokens(tiny_processor):
     with pytest.raises(ValueError, match="num_image_code_tokens"):
         pipeline("unimp-generate-image", model=model, processor=tiny_processor,
                  image_tokenizer=_tiny_image_tokenizer(), device="cpu")
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-def test_frechet_distance_of_a_set_with_itself_is_zero():
-    features = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
-    assert compute_frechet_distance(features, features) == pytest.approx(0.0, abs=1e-8)
-
-
-@pytest.mark.parametrize("a, b, expected", [
-    ([[0.0], [2.0]], [[3.0], [5.0]], 9.0),  # shift by 3: (mu_a - mu_b)^2
-    ([[0.0], [2.0]], [[0.0], [4.0]], 3.0),  # means 1 vs 2, sigmas sqrt(2) vs 2 sqrt(2): 1 + (sqrt 2)^2
-    ([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], [[3.0, 4.0], [5.0, 4.0], [3.0, 6.0], [5.0, 6.0]], 25.0),
-])
-def test_frechet_distance_matches_hand_computed_gaussians(a, b, expected):
-    assert compute_frechet_distance(torch.tensor(a), torch.tensor(b)) == pytest.approx(expected, abs=1e-9)
-
-
-def test_frechet_distance_grows_with_the_shift():
-    features = torch.randn(200, 4, generator=torch.Generator().manual_seed(1))
-    distances = [compute_frechet_distance(features, features + shift) for shift in (0.0, 0.5, 1.0, 2.0)]
-    assert distances == sorted(distances) and distances[-1] == pytest.approx(4 * 2.0**2, rel=1e-6)
-
-
-def test_retrieval_metrics_match_hand_computed_values():
-    catalogue = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
-    queries = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, -0.2]])  # nearest: item 0, item 1, item 3
-    categories = [{"a"}, {"b"}, {"a", "b"}, {"c"}]
-    metrics = compute_retrieval_metrics(queries, catalogue, [0, 2, 2], catalogue_categories=categories, ks=(1, 2))
-    assert metrics["item_hit@1"] == pytest.approx(1 / 3)  # only query 0
-    assert metrics["item_hit@2"] == pytest.approx(2 / 3)  # query 1 ranks item 2 second
-    assert metrics["category_hit@1"] == pytest.approx(2 / 3)  # {a}∩{a}, {b}∩{a,b}; {c}∩{a,b} is empty
-    assert metrics["category_chance"] == pytest.approx((2 / 4 + 3 / 4 + 3 / 4) / 3)
 
 
 # ----------------------------------------------------------------------------------------------

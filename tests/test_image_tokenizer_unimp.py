@@ -1,16 +1,14 @@
-"""Tests for the UniMP image tokenizer (VQ autoencoder, spec §2.2 (vi)) and its PSNR / SSIM metrics."""
+"""The UniMP image tokenizer (VQ autoencoder, spec §2.2 (vi)) and its recipe; its metrics: test_image_metrics.py."""
 
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from modeling_unimp.image_tokenizer_unimp import UniMPImageTokenizer, UniMPImageTokenizerConfig
-from processing.image_metrics import compute_psnr, compute_ssim
 
 # 16-px images, two halvings -> a 4 x 4 grid of 16 codes from a 16-entry codebook.
 TINY = dict(
@@ -260,72 +258,6 @@ def test_remote_code_checkpoint_loads_with_auto_model(tmp_path):
     assert remote_class.__module__.startswith("transformers_modules")
     images = make_synthetic_images(2)
     assert torch.equal(loaded.encode(images), model.encode(images))
-
-
-# --- metrics ------------------------------------------------------------------------------------------
-
-
-def test_psnr_of_identical_images_is_infinite():
-    images = torch.rand(2, 3, 8, 8)
-    assert torch.isinf(compute_psnr(images, images.clone())).all()
-
-
-@pytest.mark.parametrize(
-    ("offset", "data_range", "expected"),
-    [
-        (0.1, 1.0, 20.0),  # MSE 0.01: 10 log10(1 / 0.01)
-        (0.2, 2.0, 20.0),  # MSE 0.04: 10 log10(4 / 0.04)
-        (0.5, 1.0, 10 * math.log10(4.0)),  # MSE 0.25: 6.0206 dB
-        (25.5, 255.0, 20.0),  # uint8 scale
-    ],
-)
-def test_psnr_of_known_mse(offset, data_range, expected):
-    a = torch.rand(3, 3, 8, 8) * 0.3
-    psnr = compute_psnr(a, a + offset, data_range=data_range)
-    assert psnr.shape == (3,)
-    torch.testing.assert_close(psnr, torch.full((3,), expected, dtype=torch.float64))
-
-
-def test_psnr_averages_per_image_not_over_the_batch():
-    a = torch.zeros(2, 1, 4, 4)
-    b = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.01)])
-    torch.testing.assert_close(compute_psnr(a, b), torch.tensor([20.0, 40.0], dtype=torch.float64))
-
-
-def test_ssim_of_identical_images_is_one():
-    images = torch.rand(2, 3, 16, 16)
-    torch.testing.assert_close(compute_ssim(images, images.clone()), torch.ones(2, dtype=torch.float64))
-
-
-def test_ssim_of_constant_images_is_the_luminance_term():
-    # sigma = 0 everywhere, so SSIM = (2 * 0.5 * 0.25 + C1) / (0.5^2 + 0.25^2 + C1) with C1 = 0.01^2
-    a, b = torch.full((1, 3, 16, 16), 0.5), torch.full((1, 3, 16, 16), 0.25)
-    expected = (2 * 0.5 * 0.25 + 1e-4) / (0.25 + 0.0625 + 1e-4)  # 0.800064
-    torch.testing.assert_close(compute_ssim(a, b), torch.tensor([expected], dtype=torch.float64))
-
-
-def test_ssim_of_one_window_matches_the_weighted_statistics():
-    # an 11 x 11 image has exactly one 'valid' window position: SSIM is then the formula evaluated once
-    generator = np.random.default_rng(0)
-    a = generator.random((11, 11))
-    b = np.clip(a + 0.2 * generator.standard_normal((11, 11)), 0, 1)
-    offsets = np.arange(11) - 5
-    gauss = np.exp(-(offsets**2) / (2 * 1.5**2))
-    weights = np.outer(gauss, gauss) / np.outer(gauss, gauss).sum()
-    mu_a, mu_b = (weights * a).sum(), (weights * b).sum()
-    var_a, var_b = (weights * a * a).sum() - mu_a**2, (weights * b * b).sum() - mu_b**2
-    cov = (weights * a * b).sum() - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    expected = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    ssim = compute_ssim(torch.from_numpy(a)[None], torch.from_numpy(b)[None])  # unbatched (C=1, H, W)
-    assert ssim.ndim == 0
-    assert ssim.item() == pytest.approx(expected, rel=1e-9)
-    assert compute_ssim(torch.from_numpy(b)[None], torch.from_numpy(a)[None]).item() == pytest.approx(ssim.item())
-
-
-def test_ssim_rejects_images_smaller_than_the_window():
-    with pytest.raises(ValueError, match="H, W >= 11"):
-        compute_ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
 
 
 # --- recipe -------------------------------------------------------------------------------------------

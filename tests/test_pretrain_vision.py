@@ -13,7 +13,6 @@ from transformers import AutoModel, CLIPVisionModel, HfArgumentParser
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration
 from modeling_unimp.processing_unimp import make_image_processor
-from processing.image_metrics import compute_retrieval_accuracy
 from recipes import pretrain_vision
 from recipes.pretrain_vision import (
     VisionPretrainingArguments,
@@ -58,16 +57,6 @@ def test_clip_loss_identity_mask_equals_default_and_duplicate_texts_are_not_nega
         math.log(2), abs=1e-6)
     with pytest.raises(ValueError, match="diagonal"):
         clip_contrastive_loss(image_embeds, text_embeds, torch.tensor(0.0), torch.zeros(2, 2, dtype=torch.bool))
-
-
-def test_retrieval_accuracy_ranks_against_distinct_texts():
-    text_embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])  # items 1 and 2 share one text
-    text_ids = torch.tensor([0, 1, 1])
-    image_embeds = torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.1, 1.0]])  # item 1 prefers text 0: rank 1
-    metrics = compute_retrieval_accuracy(image_embeds, text_embeds, text_ids, ks=(1, 5))
-    assert metrics["accuracy@1"] == pytest.approx(2 / 3)
-    assert metrics["accuracy@5"] == 1.0
-    assert metrics["num_candidates"] == 2 and metrics["num_queries"] == 3
 
 
 def test_heldout_split_is_seeded_and_keeps_text_groups_together():
