@@ -394,15 +394,21 @@ def write_json(data: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_training_curve(log_history: list[dict], path: str | Path, *, metric: str = "eval_ndcg@10") -> Path:
-    """A PNG of the training loss (and the validation metric when logged) per step, drawn with PIL."""
-    width, height, margin = 720, 360, 48
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    series = {
+def training_curve_series(log_history: list[dict], metric: str = "eval_ndcg@10") -> dict[str, tuple[list, list]]:
+    """The curves of `write_training_curve`: {"train loss": (steps, losses), metric: (steps, values)}, each from the
+    `Trainer.state.log_history` entries that hold the key, in logging order (empty lists when none does)."""
+    return {
         name: ([e["step"] for e in log_history if key in e], [e[key] for e in log_history if key in e])
         for name, key in (("train loss", "loss"), (metric, metric))
     }
+
+
+def write_training_curve(log_history: list[dict], path: str | Path, *, metric: str = "eval_ndcg@10") -> Path:
+    """A PNG of `training_curve_series`: the training loss (and the validation metric when logged) per step."""
+    width, height, margin = 720, 360, 48
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    series = training_curve_series(log_history, metric)
     max_step = max([1] + [s for xs, _ in series.values() for s in xs])
     draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
     for (name, (steps, values)), color in zip(series.items(), ("steelblue", "darkorange")):
@@ -445,5 +451,6 @@ __all__ = [
     "load_dataset_dict",
     "render_examples",
     "write_json",
+    "training_curve_series",
     "write_training_curve",
 ]

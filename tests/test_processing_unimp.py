@@ -15,6 +15,14 @@ from transformers import AutoProcessor
 import modeling_unimp.processing_unimp
 import processing.collator_unimp
 from modeling_unimp import UniMPForConditionalGeneration
+from modeling_unimp.pipeline_unimp import decode_rating_answer
+from modeling_unimp.prompt_templates import (
+    ANSWER_TOKEN,
+    END_OF_CHUNK_TOKEN,
+    IMAGE_TOKEN,
+    RATING_TOKENS,
+    SELECTION_TOKENS,
+)
 
 PROMPT = "<image> Title Toy Story <answer> <item_0> <|endofchunk|> <image> Title Up <answer> <item_2> " \
     "<|endofchunk|> What next? <answer>"
@@ -37,6 +45,20 @@ def test_item_tokens_are_single_contiguous_tokens_right_after_answer(tiny_proces
     assert tokens == ["<answer>", "<item_1>", "<|endofchunk|>"]
     start = tiny_processor.item_token_start_id
     assert [tokenizer.convert_tokens_to_ids(f"<item_{k}>") for k in range(3)] == [start, start + 1, start + 2]
+
+
+def test_template_tokens_are_single_tokens_and_answers_decode_back(tiny_processor):
+    """Every structural and answer token of the templates survives tokenisation as one token after `<answer>`, and
+    the pipeline's decoding reads a generated rating token back as its rating (1 to 5)."""
+    tokenizer = tiny_processor.tokenizer
+    for token in (IMAGE_TOKEN, END_OF_CHUNK_TOKEN, *RATING_TOKENS, *SELECTION_TOKENS):
+        ids = tokenizer(f"{ANSWER_TOKEN} {token}", add_special_tokens=False)["input_ids"]
+        assert tokenizer.convert_ids_to_tokens(ids) == [ANSWER_TOKEN, token]
+    assert len(set(RATING_TOKENS) | set(SELECTION_TOKENS)) == len(RATING_TOKENS) + len(SELECTION_TOKENS)
+    for rating, token in enumerate(RATING_TOKENS, start=1):
+        ids = tokenizer(f"{token} Toy Story {END_OF_CHUNK_TOKEN} Up", add_special_tokens=False)["input_ids"]
+        assert decode_rating_answer(tokenizer, ids) == {"rating": rating, "explanation": "Toy Story",
+                                                        "generated_text": f"{token} Toy Story"}
 
 
 def test_images_and_mask_follow_the_items(tiny_processor):

@@ -9,12 +9,8 @@ import pytest
 from modeling_unimp import prompt_templates
 from modeling_unimp.prompt_templates import (
     ANSWER_TOKEN,
-    END_OF_CHUNK_TOKEN,
     IMAGE_TOKEN,
-    RATING_TOKENS,
-    SELECTION_TOKENS,
     build_item_index,
-    item_token,
     render_item_chunk,
     render_item_text,
     render_record,
@@ -94,13 +90,6 @@ GOLDEN = [
      "<answer>",
      ["img-A", "img-B"], "<img_5> <img_6>", 1.0),
 ]
-
-
-def test_token_constants_keep_their_strings():
-    assert (IMAGE_TOKEN, END_OF_CHUNK_TOKEN, ANSWER_TOKEN) == ("<image>", "<|endofchunk|>", "<answer>")
-    assert RATING_TOKENS == ("rate_1", "rate_2", "rate_3", "rate_4", "rate_5")
-    assert SELECTION_TOKENS == ("s_0", "s_1", "s_2", "s_3", "s_4")
-    assert item_token(12) == "<item_12>"
 
 
 @pytest.mark.parametrize(("task", "split", "text", "images", "answer", "weight"), GOLDEN,

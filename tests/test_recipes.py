@@ -18,7 +18,7 @@ from modeling_unimp import UniMPForConditionalGeneration
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments
 from processing import UniMPDataCollator
 from recipes import train
-from recipes.common import RecipeArguments, write_training_curve
+from recipes.common import RecipeArguments, training_curve_series, write_training_curve
 
 EXAMPLES = [
     {"text": f"<image> Title Heat <answer> <item_{i % 3}> <|endofchunk|> What next? <answer> <item_{(i + 2) % 3}>",
@@ -117,12 +117,18 @@ def test_train_recipe_runs_on_real_data_and_writes_its_artifacts(data_dir, tmp_p
     assert reloaded.config.num_items == 1682
 
 
-def test_training_curve_png_has_the_loss_line(tmp_path):
-    history = [{"step": s, "loss": 5.0 - s} for s in range(1, 5)] + [{"step": 4, "eval_ndcg@10": 0.1}]
+def test_training_curve_plots_the_logged_loss_and_metric_per_step(tmp_path):
+    # Trainer's log_history: loss entries, eval entries, and a final summary without either key
+    history = [{"step": 2, "loss": 4.0, "learning_rate": 1e-3}, {"step": 2, "eval_ndcg@10": 0.1, "eval_loss": 3.0},
+               {"step": 4, "loss": 3.5}, {"step": 4, "eval_ndcg@10": 0.25}, {"step": 4, "train_runtime": 9.0}]
+    assert training_curve_series(history) == {"train loss": ([2, 4], [4.0, 3.5]), "eval_ndcg@10": ([2, 4], [0.1, 0.25])}
+    assert training_curve_series(history, metric="eval_loss") == {"train loss": ([2, 4], [4.0, 3.5]),
+                                                                  "eval_loss": ([2], [3.0])}
+    assert training_curve_series([{"step": 1, "train_runtime": 1.0}]) == {"train loss": ([], []),
+                                                                          "eval_ndcg@10": ([], [])}
     path = write_training_curve(history, tmp_path / "curve.png")
-    image = Image.open(path).convert("RGB")
-    colours = {image.getpixel((x, y)) for x in range(0, image.width, 3) for y in range(0, image.height, 3)}
-    assert (70, 130, 180) in colours  # steelblue loss line drawn
+    with Image.open(path) as image:
+        assert image.format == "PNG"
 
 
 def test_masked_head_trainer_loss_equals_the_full_logits_loss(tiny_processor):
