@@ -201,13 +201,27 @@ def test_exp_returns_a_rating_and_generated_text(recommend):
     assert batched[0] == batched[1] and set(batched[0]) == {"rating", "explanation", "generated_text"}
 
 
-def test_select_returns_slots_of_the_given_candidates(recommend):
-    result = recommend(HISTORY, task="select", candidates=["m4", "m5", {"title": "Brand new", "image": None}])
-    assert result["slots"] and set(result["slots"]) <= {0, 1, 2}
-    assert result["item_ids"] == [["m4", "m5", None][slot] for slot in result["slots"]]
-    tokens = result["generated_text"].split()
-    assert len(tokens) == len(set(tokens))  # each slot at most once
-    assert sorted(SELECTION_TOKENS.index(token) for token in tokens) == result["slots"]
+@pytest.mark.parametrize(("token_bias", "slots", "item_ids"), [
+    ({"s_1": 100.0}, [1], ["m5"]),  # one slot, then the end of the answer
+    ({"s_2": 100.0, "s_0": 90.0}, [0, 2], ["m4", None]),  # two slots in bias order, each once, then the end
+    ({"s_4": 100.0, "s_0": 10.0}, [0], ["m4"]),  # s_4 names no candidate (3 given): never generated
+])
+def test_select_returns_the_slots_the_model_prefers_among_the_candidates(recommend, token_bias, slots, item_ids):
+    """A bias on the head's logits makes the choice known: slot tokens by bias, each at most once, then the end
+    token (bias 50) wins over the unbiased remaining slots."""
+    tokenizer = recommend.processor.tokenizer
+    bias = torch.zeros(len(tokenizer))
+    for token, value in token_bias.items():
+        bias[tokenizer.convert_tokens_to_ids(token)] = value
+    bias[pipeline_module.answer_end_token_ids(tokenizer)] = 50.0
+    hook = recommend.model.lm_head.register_forward_hook(lambda module, inputs, logits: logits + bias)
+    try:
+        result = recommend(HISTORY, task="select", candidates=["m4", "m5", {"title": "Brand new", "image": None}])
+    finally:
+        hook.remove()
+    assert result["slots"] == slots and result["item_ids"] == item_ids
+    expected_order = sorted(slots, key=lambda slot: -token_bias[SELECTION_TOKENS[slot]])
+    assert result["generated_text"].split() == [SELECTION_TOKENS[slot] for slot in expected_order]
 
 
 def test_docstring_example_runs():
