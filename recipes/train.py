@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import set_seed
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPProcessor
+from modeling_unimp.item_content_unimp import attach_item_content
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, lora_config_for, set_trainable
 from processing import UniMPDataCollator
 
@@ -42,7 +43,7 @@ def build_model(recipe: RecipeArguments, dataset_dict):
         return model, apply_history_layout(UniMPProcessor.from_pretrained(recipe.model_name_or_path), recipe)
     if recipe.model_preset not in ("tiny", "paper"):
         raise ValueError(f"model_preset must be 'tiny' or 'paper', got {recipe.model_preset!r}")
-    config = getattr(UniMPConfig, recipe.model_preset)()
+    config = getattr(UniMPConfig, recipe.model_preset)(item_representation=recipe.item_representation)
     tokenizer = None
     if recipe.text_model_name_or_path:
         text_kwargs = {"gguf_file": recipe.text_gguf_file} if recipe.text_gguf_file else {}
@@ -61,6 +62,11 @@ def build_model(recipe: RecipeArguments, dataset_dict):
             model.model.vision_model.load_state_dict(tower.state_dict())
     processor = build_processor(dataset_dict, recipe, model.config.vision_config.image_size, tokenizer=tokenizer)
     processor.prepare_model(model)
+    if model.config.uses_item_content:  # issue 12: every item's content encoded once, kept as checkpoint buffers
+        counts = attach_item_content(model, processor, text_encoder=recipe.item_text_encoder,
+                                     use_text=recipe.use_text_attributes, use_images=recipe.use_images)
+        logger.info("item content (%s): %d items, %d with text, %d with an image", model.config.item_representation,
+                    counts["items"], counts["with_text"], counts["with_image"])
     return model, processor
 
 
