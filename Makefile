@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-report bench-rating-peers clean
+.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers clean
 
 setup: $(STAMP)
 
@@ -90,6 +90,11 @@ bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
 	  --variants paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint \
 	  --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
+
+# Issue 12: item tokens as content (item_representation content / id+content) next to the id default, 1 seed each.
+bench-item-content: $(STAMP) $(PEER_DATA)/.exported
+	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
+	  --variants content id_content --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
 
 # One command: every row of §1.1 (peers, then UniMP-tiny; rows in the result files are skipped), then the tables.
 bench: bench-peers bench-rating-peers bench-unimp

@@ -56,6 +56,10 @@ VARIANTS = {
     "short_history": ["max_history_items=10", "content_history_items=null"],
     "long_history": ["max_history_items=50", "content_history_items=10"],
     "user_disjoint": ["protocol=user_disjoint"],  # the paper's protocol (reference §5.1): no contract lines
+    # issue 12: <item_k> vectors from the item's content (MiniLM text + image), alone or plus an id residual; the
+    # default ("unimp") is item_representation=id
+    "content": ["item_representation=content"],
+    "id_content": ["item_representation=id+content"],
 }
 # Variants that only mean something on some datasets: the configs of ml100k and hm train rec alone (so
 # single_task is their default), amazon-mi trains rec + exp (its multi_task), H&M has no ratings for the exp task,
