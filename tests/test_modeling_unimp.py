@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 import torch
-from conftest import IMAGE_TOKEN_ID, make_tiny_config
+from conftest import IMAGE_TOKEN_ID, assert_updates_match, make_tiny_config
+from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, LlamaForCausalLM
 
 from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPGatedCrossAttentionBlock
@@ -105,6 +106,56 @@ def test_generation_with_and_without_cache_gives_the_same_tokens_and_beam_search
     beams = model.generate(**kwargs, num_beams=3, num_return_sequences=3)
     assert beams.shape == (3, INPUT_IDS.shape[1] + 6)
     assert (beams[:, : INPUT_IDS.shape[1]] == INPUT_IDS).all()
+
+
+def test_batched_left_padded_generation_matches_each_prompt_alone_with_and_without_cache(tiny_processor):
+    """Two prompts of different lengths and image counts, left-padded into one batch: each row generates what the
+    prompt generates alone, with the cache and without it (positions and image masks follow the padding)."""
+    model = _model(gate=1.0)
+    tiny_processor.prepare_model(model)
+    red, blue = Image.new("RGB", (40, 30), "red"), Image.new("RGB", (20, 20), "blue")
+    texts = ["<image> Title Toy Story <answer> <item_0> <|endofchunk|> <image> Title Up <answer> <item_2> "
+             "<|endofchunk|> What next? <answer>", "<image> Title Heat <answer>"]
+    images = [[red, blue], [blue]]
+    settings = {"max_new_tokens": 5, "do_sample": False, "output_scores": True, "return_dict_in_generate": True,
+                "pad_token_id": tiny_processor.tokenizer.pad_token_id}
+    batch = tiny_processor(text=texts, images=images, padding_side="left")
+    assert batch["attention_mask"][1, 0] == 0  # the short prompt is padded on the left
+    cached = model.generate(**batch, use_cache=True, **settings)
+    uncached = model.generate(**batch, use_cache=False, **settings)
+    prompt_length = batch["input_ids"].shape[1]
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for row, (text, row_images) in enumerate(zip(texts, images)):
+        alone = model.generate(**tiny_processor(text=[text], images=[row_images]), **settings)
+        assert torch.equal(cached.sequences[row, prompt_length:], alone.sequences[0, -5:]), row
+        # float32 logits (|logit| about 1) of the same sums in another order (padding changes the kernels' blocking)
+        tolerance = torch.finfo(torch.float32).eps * 1e3
+        for step, scores in enumerate(alone.scores):
+            torch.testing.assert_close(cached.scores[step][row], scores[0], rtol=tolerance, atol=tolerance)
+            torch.testing.assert_close(uncached.scores[step][row], scores[0], rtol=tolerance, atol=tolerance)
+
+
+def test_gradient_checkpointing_keeps_the_loss_and_gradients_of_the_cross_attention_hooks():
+    """Recomputing each decoder layer in backward re-runs its gated cross-attention pre-hook with the same image
+    context: the loss and every gradient (gates, perceiver and vision tower included) match the plain run."""
+    model = _model(gate=0.5).train()
+    pixels = _pixels()
+
+    def loss_and_gradients():
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=INPUT_IDS, pixel_values=pixels, labels=INPUT_IDS).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = loss_and_gradients()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.is_gradient_checkpointing
+    checkpointed_loss, checkpointed = loss_and_gradients()
+    torch.testing.assert_close(checkpointed_loss, plain_loss, rtol=1e-6, atol=1e-6)
+    assert set(checkpointed) == set(plain)
+    assert any(name.startswith("model.gated_cross_attn") and "gate" in name for name in plain)
+    assert any(name.startswith("model.vision_model") for name in plain)
+    assert_updates_match(checkpointed, plain)  # gradients as updates: float32 tolerance scaled to the largest
 
 
 def test_generation_encodes_images_once_per_prompt(monkeypatch):
