@@ -102,6 +102,23 @@ class UniMPConfig(PreTrainedConfig):
         return self.item_representation != "id"
 
     @property
+    def custom_pipelines(self) -> dict:
+        """The saved `custom_pipelines` declaration (written by `Pipeline.save_pretrained` or
+        `recipes.train`), as `pipeline()` should see it (issue 15).
+
+        A checkpoint declares "unimp-recommend" so `pipeline(task, model=folder, trust_remote_code=True)` works
+        without this package. Where the package itself loaded the config (no `trust_remote_code`), the package has
+        registered the pipelines already, so the declaration is hidden from `pipeline()`: the in-library path keeps
+        working without `trust_remote_code`. Config files keep it either way (`to_dict` reads `__dict__`).
+        """
+        declared = self.__dict__.get("custom_pipelines") or {}
+        return declared if __name__.startswith("transformers_modules.") else {}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict) -> None:
+        self.__dict__["custom_pipelines"] = value
+
+    @property
     def item_token_ids(self) -> range:
         """The contiguous vocabulary ids of `<item_0>` ... `<item_{num_items-1}>`."""
         if self.item_token_start_id is None:

@@ -31,6 +31,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §1.2: CLIP normali
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MAX_HISTORY_ITEMS = 10  # history items per prompt unless training sets another window
 DEFAULT_IMAGE_GENERATION_MAX_HISTORY_ITEMS = 2  # the reference's image-generation history (§2.2 vi: 2 for img_gen)
+GENERATION_MAX_NEW_TOKENS = 64  # a bare generate(): a rating token + a 30-word explanation (pipeline_unimp default)
 _BOS_TOKEN, _PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 # `<item_k>` / `<img_c>` strings in a prompt: the tokenizer knows only k < num_items (c < K); others would split into
 # characters and the prompt would silently name no item
@@ -271,13 +272,21 @@ class UniMPProcessor(ProcessorMixin):
 
     def prepare_model(self, model) -> None:
         """Resize the model's embeddings and head to this vocabulary and record the token ids in its config
-        (and its generation config), so a checkpoint decodes its answers with this processor."""
+        (and its generation config, whose eos ids are EOS and `<|endofchunk|>`, the end of every answer, with
+        `max_new_tokens` = GENERATION_MAX_NEW_TOKENS), so a checkpoint decodes its answers with this processor."""
         if model.get_input_embeddings().num_embeddings != len(self.tokenizer):
             model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
-        for name, value in self.model_token_ids().items():
+        token_ids = self.model_token_ids()
+        text_config = model.config.get_text_config()  # what Trainer's align_special_tokens compares with
+        for name, value in token_ids.items():
             setattr(model.config, name, value)
-            if name in ("pad_token_id", "bos_token_id", "eos_token_id") and model.generation_config is not None:
+            if name in ("pad_token_id", "bos_token_id", "eos_token_id") and text_config is not model.config:
+                setattr(text_config, name, value)
+            if name in ("pad_token_id", "bos_token_id") and model.generation_config is not None:
                 setattr(model.generation_config, name, value)
+        if model.generation_config is not None:  # a bare generate() stops where an answer ends (issue 15)
+            model.generation_config.eos_token_id = [token_ids["eos_token_id"], token_ids["end_of_chunk_token_id"]]
+            model.generation_config.max_new_tokens = GENERATION_MAX_NEW_TOKENS
 
     def add_items(self, item_ids: Sequence[str], item_titles: Sequence[str] | None = None,
                   item_images: Sequence | None = None,

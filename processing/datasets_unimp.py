@@ -16,7 +16,7 @@ import statistics
 import warnings
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -237,7 +237,30 @@ def _require_fields(row: Mapping, fields: Iterable[str], where: str) -> None:
             raise ValueError(f"{where}: field {field!r} is missing or empty")
 
 
-def _parse_rating(value: Any, where: str) -> int | None:
+def check_rating_scale(rating_scale: Sequence[float] | None) -> tuple[float, float] | None:
+    """(low, high) of an explicit rating scale, or None for the default (integers 1-5).
+
+    Raises:
+        ValueError: not two finite numbers with low < high.
+    """
+    if rating_scale is None:
+        return None
+    try:
+        low, high = (float(bound) for bound in rating_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"rating_scale must be two numbers [low, high], got {rating_scale!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"rating_scale must be finite with low < high, got {rating_scale!r}")
+    return low, high
+
+
+def rating_to_token_scale(number: float, low: float, high: float) -> int:
+    """A rating on [low, high] -> the rating tokens' 1-5: linear, rounded half up (0.5..5.0 stars: 0.5 -> 1,
+    2.75 -> 3, 5.0 -> 5; on [1, 5] an integer maps to itself)."""
+    return 1 + math.floor(4 * (number - low) / (high - low) + 0.5)
+
+
+def _parse_rating(value: Any, where: str, rating_scale: tuple[float, float] | None = None) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):  # JSON true would otherwise be rating 1
@@ -246,8 +269,14 @@ def _parse_rating(value: Any, where: str) -> int | None:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: field 'rating' value {value!r} is not a number") from None
+    if rating_scale is not None:  # any float on the declared scale, mapped to the five rating tokens (issue 15)
+        low, high = rating_scale
+        if not low <= number <= high:
+            raise ValueError(f"{where}: field 'rating' value {value!r} lies outside rating_scale [{low}, {high}]")
+        return rating_to_token_scale(number, low, high)
     if not number.is_integer() or not 1 <= number <= 5:
-        raise ValueError(f"{where}: field 'rating' value {value!r} is not an integer from 1 to 5")
+        raise ValueError(f"{where}: field 'rating' value {value!r} is not an integer from 1 to 5 (other scales: "
+                         "declare rating_scale [low, high], e.g. [0.5, 5.0])")
     return int(number)
 
 
@@ -907,11 +936,13 @@ def build_generic(
     check_images: bool = True,
     drop_repeated_pairs: bool = True,
     licence: str | None = None,
+    rating_scale: Sequence[float] | None = None,
 ) -> DatasetDict:
     """Your own data, as JSON lines (`.jsonl`, `.json`, optionally `.gz`) or Parquet, in this schema.
 
     Interactions, one per line/row: `user_id` (str|int), `item_id` (str|int), `timestamp` (Unix seconds or
-    an ISO date; ties keep file order), optional `rating` (int 1-5), optional `explanation` (str). Each id
+    an ISO date; ties keep file order), optional `rating` (int 1-5, or any number on `rating_scale`), optional
+    `explanation` (str). Each id
     column holds one type (strings or integers: 0 and "0" would otherwise merge), the same for `item_id` in
     both files.
     Items, one per line/row: `item_id`, optional `title`, optional `category` (path used as search query),
@@ -930,6 +961,9 @@ def build_generic(
         drop_repeated_pairs: keep only the first interaction of each (user, item) pair.
         licence: the data's terms of use, stored as `DatasetInfo.license` and carried into checkpoints trained
             on it (recipes/push_to_hub.py refuses a public push of data whose terms forbid redistribution).
+        rating_scale: [low, high] of the ratings (e.g. [0.5, 5.0] for half stars); every rating on it is mapped
+            linearly to the rating tokens' 1-5 (`rating_to_token_scale`), so the splits, the `exp` task and its
+            MAE/RMSE use the 1-5 scale. None: ratings must be integers 1-5.
 
     Returns:
         DatasetDict with "train", "validation", "test" (USER_ROW_FEATURES) and "items" (ITEM_FEATURES).
@@ -941,6 +975,7 @@ def build_generic(
     """
     items_path, interactions_path = Path(items_path), Path(interactions_path)
     root = Path(image_root) if image_root is not None else items_path.parent
+    scale = check_rating_scale(rating_scale)
     items: dict[str, dict] = {}
     read_id = _IdReader()  # one reader for both files: item_id must have one type in both
     for line_number, row in _read_records(items_path):
@@ -968,7 +1003,7 @@ def build_generic(
         if explanation is not None and not isinstance(explanation, str):
             raise ValueError(f"{where}: field 'explanation' must be a string, got {type(explanation).__name__}")
         interactions.append(_Interaction(user_id, item_id, _parse_timestamp(row["timestamp"], where),
-                                         len(interactions), _parse_rating(row.get("rating"), where),
+                                         len(interactions), _parse_rating(row.get("rating"), where, scale),
                                          explanation or None))
     dropped = Counter()
     if drop_repeated_pairs:
@@ -986,22 +1021,98 @@ _BUILDERS: dict[str, Callable[..., DatasetDict]] = {
 }
 
 
+GENERIC_FILE_SUFFIXES = (".jsonl", ".parquet", ".jsonl.gz", ".json")  # folder datasets: interactions.*, items.*
+
+
+def _folder_file(folder: Path, stem: str) -> Path:
+    found = [folder / f"{stem}{suffix}" for suffix in GENERIC_FILE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) != 1:
+        raise FileNotFoundError(f"dataset folder {folder} needs exactly one {stem} file "
+                                f"({' or '.join(stem + suffix for suffix in GENERIC_FILE_SUFFIXES)}), found "
+                                f"{[path.name for path in found] or 'none'}")
+    return found[0]
+
+
+def build_folder(folder: str | os.PathLike, **kwargs: Any) -> DatasetDict:
+    """A folder of your own data: `interactions.{jsonl,parquet}` + `items.{jsonl,parquet}` in `build_generic`'s
+    schema, item images relative to the folder, optionally a PROVENANCE.md whose "## Licence" section becomes the
+    data's terms. `kwargs` go to `build_generic` (protocol, seed, rating_scale, ...)."""
+    folder = Path(folder)
+    if "licence" not in kwargs and (folder / "PROVENANCE.md").is_file():
+        kwargs["licence"] = read_licence(folder / "PROVENANCE.md")
+    kwargs.setdefault("name", folder.name)
+    return build_generic(_folder_file(folder, "interactions"), _folder_file(folder, "items"), **kwargs)
+
+
+def load_hub_dataset(repo_id: str, *, revision: str | None = None, image_dir: str | os.PathLike | None = None,
+                     **kwargs: Any) -> DatasetDict:
+    """A dataset pushed by `recipes/push_to_hub.py --dataset`: its user splits (the default config) and item table
+    (config "items"), read with `datasets.load_dataset` (which honours `HF_ENDPOINT` and the Hub cache).
+
+    The item images travel as embedded bytes; they are written once to `image_dir` (default: under
+    `HF_DATASETS_CACHE`) so the catalogue holds file paths like a local build. The splits are the pushed ones:
+    builder options (`protocol`, `rating_scale`, ...) do not apply and are refused.
+    """
+    import datasets
+    from datasets import load_dataset
+
+    if kwargs.get("protocol", "leave_one_out") not in (None, "leave_one_out") or set(kwargs) - {"protocol"}:
+        logger.warning("%s: a pushed dataset keeps its pushed splits; ignoring %s", repo_id, sorted(kwargs))
+    users = load_dataset(repo_id, revision=revision)
+    missing = [split for split in USER_SPLITS if split not in users]
+    if missing:
+        raise ValueError(f"Hub dataset {repo_id!r} has no {missing} split(s) in its default config (found "
+                         f"{sorted(users)}); push it with recipes/push_to_hub.py --dataset")
+    try:
+        items = load_dataset(repo_id, "items", revision=revision)[ITEMS_SPLIT]
+    except ValueError as error:
+        raise ValueError(f"Hub dataset {repo_id!r} has no 'items' config with an 'items' split (the item table "
+                         f"recipes/push_to_hub.py --dataset pushes): {error}") from error
+    folder = Path(image_dir) if image_dir is not None else (
+        Path(datasets.config.HF_DATASETS_CACHE) / "unimp_images" / repo_id.replace("/", "--") / (revision or "main"))
+    items = items.cast_column("image", Image(decode=False))
+    paths = []
+    for index, cell in enumerate(items["image"]):
+        if cell is None or not cell.get("bytes"):
+            paths.append(cell.get("path") if cell else None)
+            continue
+        suffix = Path(cell.get("path") or "").suffix or ".png"
+        path = folder / f"{index:06d}{suffix}"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(cell["bytes"])
+        paths.append(str(path))
+    items = items.remove_columns("image").add_column("image", paths).cast_column("image", Image())
+    items = items.select_columns(list(ITEM_FEATURES))
+    return DatasetDict({**{split: users[split] for split in USER_SPLITS}, ITEMS_SPLIT: items})
+
+
 def load_unimp_dataset(name: str, data_dir: str | os.PathLike | None = None, **kwargs: Any) -> DatasetDict:
-    """Build one of DATASET_NAMES (RecBole names `ml100k`, `hm`, `amazon-mi` are accepted too).
+    """Any dataset, one key: a built-in name, a folder of your own data, or a Hub dataset id (issue 15).
 
     Args:
-        name: a DATASET_NAMES entry or its RECBOLE_NAMES value.
-        data_dir: raw-data folder; default `default_data_dir()`.
-        **kwargs: passed to the builder (protocol, seed, fractions, check_images, ...).
+        name: a DATASET_NAMES entry or its RECBOLE_NAMES value; else an existing folder (`build_folder`); else a Hub
+            dataset id `ORG/NAME` pushed by recipes/push_to_hub.py (`load_hub_dataset`).
+        data_dir: raw-data folder of the built-in builders; default `default_data_dir()`.
+        **kwargs: passed to the builder (protocol, seed, fractions, check_images, rating_scale for own data, ...).
 
     Returns:
         the builder's DatasetDict.
     """
     by_recbole_name = {value: key for key, value in RECBOLE_NAMES.items()}
     builder = _BUILDERS.get(by_recbole_name.get(name, name))
-    if builder is None:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES} or use build_generic")
-    return builder(data_dir, **kwargs)
+    if builder is not None:
+        if kwargs.get("rating_scale") is not None:
+            raise ValueError(f"rating_scale applies to your own data, not to the built-in dataset {name!r}")
+        kwargs.pop("rating_scale", None)
+        return builder(data_dir, **kwargs)
+    if Path(name).expanduser().is_dir():
+        return build_folder(Path(name).expanduser(), **kwargs)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not Path(name).exists():
+        kwargs.pop("rating_scale", None)
+        return load_hub_dataset(name, **kwargs)
+    raise ValueError(f"unknown dataset {name!r}: give one of {DATASET_NAMES}, a folder holding interactions.jsonl|"
+                     f".parquet and items.jsonl|.parquet, or a Hub dataset id ORG/NAME")
 
 
 __all__ = [
@@ -1017,11 +1128,15 @@ __all__ = [
     "USER_SPLITS",
     "build_amazon_2018",
     "build_amazon_mi",
+    "build_folder",
     "build_generic",
     "build_hm",
     "build_ml100k",
     "default_data_dir",
+    "check_rating_scale",
+    "load_hub_dataset",
     "load_unimp_dataset",
+    "rating_to_token_scale",
     "read_build_report",
     "read_licence",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
@@ -44,7 +44,13 @@ class RecipeArguments:
     """What a recipe reads and builds; training knobs live in UniMPTrainingArguments (STYLE.md §5)."""
 
     # Data
-    dataset: str = field(default="ml-100k-posters", metadata={"help": "A builder name (processing.datasets_unimp)."})
+    dataset: str = field(default="ml-100k-posters", metadata={
+        "help": "A built-in name (processing.datasets_unimp.DATASET_NAMES), a folder with interactions.{jsonl,parquet} "
+                "+ items.{jsonl,parquet} (build_generic's schema, images relative to it), or a Hub dataset id "
+                "ORG/NAME pushed by recipes.push_to_hub --dataset (HF_ENDPOINT is honoured)."})
+    rating_scale: list[float] | None = field(default=None, metadata={
+        "help": "Own data: [low, high] of its ratings, e.g. [0.5, 5.0]; mapped linearly to the 1-5 rating tokens "
+                "(None: integers 1-5)."})
     data_dir: str | None = field(default=None, metadata={"help": "Raw-data folder; default default_data_dir()."})
     protocol: str = field(default="leave_one_out", metadata={"help": "leave_one_out | user_disjoint (§5.1)."})
     tasks: list[str] = field(default_factory=lambda: ["rec"], metadata={"help": "Tasks mixed in training."})
@@ -89,7 +95,8 @@ class RecipeArguments:
 def load_dataset_dict(recipe: RecipeArguments):
     """The builder's DatasetDict (user splits + "items"), optionally with fewer training users for quick runs
     (evaluation has its own caps, `max_eval_users` and `max_test_users`)."""
-    dataset_dict = load_unimp_dataset(recipe.dataset, recipe.data_dir, protocol=recipe.protocol)
+    dataset_dict = load_unimp_dataset(recipe.dataset, recipe.data_dir, protocol=recipe.protocol,
+                                      rating_scale=recipe.rating_scale)
     if recipe.max_train_users:
         rows = dataset_dict["train"]
         dataset_dict["train"] = rows.select(range(min(recipe.max_train_users, len(rows))))
@@ -410,32 +417,45 @@ def training_curve_series(log_history: list[dict], metric: str = "eval_ndcg@10")
     }
 
 
-def write_training_curve(log_history: list[dict], path: str | Path, *, metric: str = "eval_ndcg@10") -> Path:
-    """A PNG of `training_curve_series`: the training loss (and the validation metric when logged) per step."""
-    width, height, margin = 720, 360, 48
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
+def training_curve_figure(log_history: list[dict], metric: str = "eval_ndcg@10"):
+    """The matplotlib figure of `training_curve_series`: the training loss per step on the left axis and the
+    validation metric (when logged) on a second, right axis, each labelled, with ticks and a legend. Close it
+    with `matplotlib.pyplot.close(figure)`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a training machine
+    import matplotlib.pyplot as plt
+
     series = training_curve_series(log_history, metric)
-    max_step = max([1] + [s for xs, _ in series.values() for s in xs])
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    for (name, (steps, values)), color in zip(series.items(), ("steelblue", "darkorange")):
-        if not values:
-            continue
-        low, high = min(values), max(values)
-        span = (high - low) or 1.0
-        points = [
-            (margin + (width - 2 * margin) * s / max_step, height - margin - (height - 2 * margin) * (v - low) / span)
-            for s, v in zip(steps, values)
-        ]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=2)
-        for x, y in points[-1:]:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        legend_y = 8 if color == "steelblue" else 24
-        draw.text((margin, legend_y), f"{name}: {values[0]:.4f} -> {values[-1]:.4f} (range {low:.4f}-{high:.4f})",
-                  fill=color)
-    draw.text((width // 2 - 20, height - margin + 12), f"step (max {max_step})", fill="black")
-    canvas.save(path)
+    figure, loss_axis = plt.subplots(figsize=(7.2, 3.6), dpi=100)
+    steps, losses = series["train loss"]
+    lines = loss_axis.plot(steps, losses, color="tab:blue", marker="." if len(steps) < 50 else None,
+                           label="training loss")
+    loss_axis.set_xlabel("training step")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    loss_axis.tick_params(axis="y", labelcolor="tab:blue")
+    loss_axis.grid(alpha=0.3)
+    steps, values = series[metric]
+    if values:
+        metric_axis = loss_axis.twinx()
+        lines += metric_axis.plot(steps, values, color="tab:orange", marker="o", label=f"validation {metric}")
+        metric_axis.set_ylabel(f"validation {metric}", color="tab:orange")
+        metric_axis.tick_params(axis="y", labelcolor="tab:orange")
+    loss_axis.legend(lines, [line.get_label() for line in lines], loc="upper center", fontsize="small")
+    loss_axis.set_title("UniMP training curve")
+    figure.tight_layout()
+    return figure
+
+
+def write_training_curve(log_history: list[dict], path: str | Path, *, metric: str = "eval_ndcg@10") -> Path:
+    """`training_curve_figure` saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = training_curve_figure(log_history, metric)
+    try:
+        figure.savefig(path, format="png")
+    finally:
+        plt.close(figure)
     return Path(path)
 
 
@@ -458,6 +478,7 @@ __all__ = [
     "load_dataset_dict",
     "render_examples",
     "write_json",
+    "training_curve_figure",
     "training_curve_series",
     "write_training_curve",
 ]

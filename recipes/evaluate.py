@@ -245,7 +245,8 @@ def recorded_settings(checkpoint: str | Path) -> dict:
     processor saved them (`max_history_items`, `context_order`, `content_history_items`), the one source.
 
     Returns:
-        `{"dataset", "protocol", "use_images", "use_text_attributes", "source"}`; `{}` when nothing was recorded.
+        `{"dataset", "protocol", "use_images", "use_text_attributes", "rating_scale", "source"}` (those recorded);
+        `{}` when nothing was recorded.
     """
     for folder in (Path(checkpoint), Path(checkpoint).parent):
         path = folder / TRAINING_METRICS
@@ -254,7 +255,8 @@ def recorded_settings(checkpoint: str | Path) -> dict:
             variant = recorded.get("variant") or {}
             settings = {"dataset": recorded.get("dataset"), "protocol": recorded.get("protocol"),
                         "use_images": variant.get("use_images"),
-                        "use_text_attributes": variant.get("use_text_attributes"), "source": str(path)}
+                        "use_text_attributes": variant.get("use_text_attributes"),
+                        "rating_scale": recorded.get("rating_scale"), "source": str(path)}
             return {key: value for key, value in settings.items() if value is not None}
     return {}
 
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     paths = {split: output_path(args.checkpoint, split, args.task, args.out) for split in args.split}
     model = UniMPForConditionalGeneration.from_pretrained(args.checkpoint).eval()
     processor = UniMPProcessor.from_pretrained(args.checkpoint)
-    dataset_dict = load_dataset_dict(RecipeArguments(dataset=dataset, data_dir=args.data_dir, protocol=protocol))
+    dataset_dict = load_dataset_dict(RecipeArguments(dataset=dataset, data_dir=args.data_dir, protocol=protocol,
+                                                     rating_scale=recorded.get("rating_scale")))
     images = ImageCache(processor.image_processor.size["height"])
     results = {}
     for split in args.split:

@@ -16,6 +16,7 @@ from modeling_unimp.item_content_unimp import attach_item_content
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, lora_config_for, set_trainable
 from processing import UniMPDataCollator
 
+from .checkpoint_files import PipelineCodeCallback, declare_custom_pipeline, write_pipeline_code
 from .common import (
     ImageCache,
     RecipeArguments,
@@ -81,6 +82,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     record_training_data_licence(processor, dataset_dict, recipe.dataset)  # push_to_hub reads it (issue 16)
     if training.max_history_items is not None:  # saved with the processor: the window every inference path reads
         processor.max_history_items = training.max_history_items
+    declare_custom_pipeline(model)  # every checkpoint-N/ declares the pipeline, as a pushed repo does (issue 15)
     trainable = set_trainable(model, training.trainable_stage)
     if training.trainable_stage == "lora":
         from peft import get_peft_model
@@ -116,7 +118,9 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         train_dataset=train_examples,
         eval_dataset=validation_examples,
         data_collator=UniMPDataCollator(processor, context_weight=training.context_weight),
+        processing_class=processor,  # saved into every checkpoint-N/: AutoProcessor loads any of them (issue 15)
         evaluation_fn=validation_ranking if training.eval_strategy != "no" else None,
+        callbacks=[PipelineCodeCallback()],
     )
     if recipe.max_train_seconds:
         trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds, recipe.time_decay_fraction))
@@ -135,7 +139,9 @@ def save_and_test(trainer, processor, dataset_dict, recipe: RecipeArguments, tra
     if training.trainable_stage == "lora":  # keep the adapter on its own, then ship the merged model
         trainer.model.save_pretrained(Path(training.output_dir) / "adapter")
         final = trainer.model.merge_and_unload()
+    declare_custom_pipeline(final)
     final.save_pretrained(training.output_dir)
+    write_pipeline_code(training.output_dir)  # pipeline(..., trust_remote_code=True) without the package (issue 15)
     processor.save_pretrained(training.output_dir)
     test = evaluate_recommendation(
         final, processor, dataset_dict, split="test",
@@ -150,7 +156,8 @@ def save_and_test(trainer, processor, dataset_dict, recipe: RecipeArguments, tra
             use_text_attributes=recipe.use_text_attributes,
         )
     metrics = {
-        "dataset": recipe.dataset, "protocol": recipe.protocol, "tasks": recipe.tasks, "split": "test",
+        "dataset": recipe.dataset, "protocol": recipe.protocol, "rating_scale": recipe.rating_scale,
+        "tasks": recipe.tasks, "split": "test",
         "global_step": trainer.state.global_step, "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_seconds": round(time.time() - started, 1), "train_loss": _last(trainer.state.log_history, "loss"),
         "trainer_seconds": round(trainer.state.log_history[-1].get("train_runtime", 0.0), 1),

@@ -288,14 +288,22 @@ def _save_remote_code_checkpoint(catalogue, folder) -> None:
     processor.save_pretrained(folder)
 
 
-def test_remote_code_checkpoint_needs_trust_or_the_installed_pipeline_class(catalogue, recommend, tmp_path):
+def test_remote_code_checkpoint_loads_in_library_without_trust_and_with_the_installed_class(
+        catalogue, recommend, tmp_path):
     _save_remote_code_checkpoint(catalogue, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["custom_pipelines"]["unimp-recommend"]["impl"] == "pipeline_unimp.UniMPRecommendPipeline"
     assert {"pipeline_unimp.py", "modeling_unimp.py", "processing_unimp.py", "prompt_templates.py"} <= set(
         os.listdir(tmp_path))
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        pipeline("unimp-recommend", model=str(tmp_path), device="cpu")
+    # the package is imported: its config hides the declaration, so no checkpoint code runs (issue 15)
+    untrusted = pipeline("unimp-recommend", model=str(tmp_path), device="cpu")
+    assert type(untrusted) is UniMPRecommendPipeline
+    assert type(untrusted.model).__module__ == "modeling_unimp.modeling_unimp"
+    _assert_same_results(untrusted(HISTORY, top_k=5), recommend(HISTORY, top_k=5))
+    # as for the config and model classes (AutoConfig's explicit local code), the imported package wins over the
+    # checkpoint's copy even with trust_remote_code=True; without the package that copy runs (test below)
+    trusted = pipeline("unimp-recommend", model=str(tmp_path), device="cpu", trust_remote_code=True)
+    assert type(trusted) is UniMPRecommendPipeline
     installed = pipeline("unimp-recommend", model=str(tmp_path), device="cpu", pipeline_class=UniMPRecommendPipeline)
     assert type(installed.model).__module__ == "modeling_unimp.modeling_unimp"  # nothing from the checkpoint ran
     _assert_same_results(installed(HISTORY, top_k=5), recommend(HISTORY, top_k=5))

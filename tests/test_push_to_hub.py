@@ -124,10 +124,9 @@ if sys.argv[3] == "package":
                          device="cpu")
     result["installed_module"] = type(installed.model).__module__
     result["installed"] = installed(histories, top_k=6, image_root=root)
-    try:
-        pipeline("unimp-recommend", model="org/unimp", device="cpu")
-    except ValueError as error:
-        result["untrusted_error"] = str(error)
+    untrusted = pipeline("unimp-recommend", model="org/unimp", device="cpu")  # the package's pipeline (issue 15)
+    result["untrusted_module"] = type(untrusted).__module__
+    result["untrusted"] = untrusted(histories, top_k=6, image_root=root)
     in_library = pipeline("unimp-recommend", model="org/unimp", revision="dev", device="cpu")  # no custom_pipelines
     result["in_library_module"] = type(in_library.model).__module__
     result["in_library"] = in_library(histories, top_k=6, image_root=root)
@@ -241,9 +240,10 @@ def test_auto_classes_and_every_pipeline_scheme_with_the_package_recommend_like_
     package = published["package"]
     assert package["classes"] == ["modeling_unimp.modeling_unimp", "modeling_unimp.processing_unimp"]
     assert package["installed_module"] == package["in_library_module"] == "modeling_unimp.modeling_unimp"
-    assert package["trusted_module"].startswith("transformers_modules.")
-    assert "trust_remote_code" in package["untrusted_error"]  # custom_pipelines: the documented opt-in
-    for key in ("auto_classes", "installed", "trusted", "in_library"):
+    # with the package imported its registered pipeline serves, trusted or not (issue 15); the repo's copy of
+    # pipeline_unimp.py runs only without the package (next test)
+    assert package["trusted_module"] == package["untrusted_module"] == "modeling_unimp.pipeline_unimp"
+    for key in ("auto_classes", "installed", "trusted", "untrusted", "in_library"):
         for remote, local in zip(package[key], expected):
             _assert_same_results(remote, local)
 
