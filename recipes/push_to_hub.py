@@ -5,6 +5,9 @@ Usage:
         [--dataset ml-100k-posters --dataset-repo-id ORG/NAME-DATA] [--training-config CONFIG.yaml] [--dry-run]
 
 Only the repo ids given are written to; `--dry-run` assembles the upload folder and the cards and pushes nothing.
+Weights or data whose source terms forbid redistribution (every dataset in shared/data) are pushed only with
+`--private`: the terms travel with the dataset (`DatasetInfo.license`) and the checkpoint
+(`processor_config.json` `training_data_licences`).
 """
 
 import argparse
@@ -81,6 +84,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dataset and not args.dataset_repo_id:
         parser.error("--dataset needs --dataset-repo-id (nothing is pushed to a repo you did not name)")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for option, repo_id in (("repo_id", args.repo_id), ("--dataset-repo-id", args.dataset_repo_id)):
+        try:
+            if repo_id is not None:
+                validate_repo_id(repo_id)
+        except HFValidationError as error:
+            parser.error(f"{option} {repo_id!r} is not a valid Hub repo id: {error}")
     return args
 
 
@@ -96,11 +107,19 @@ def read_metrics(checkpoint: Path) -> dict | None:
 
 def read_provenance(path: Path | None) -> tuple[str | None, str | None]:
     """(the whole PROVENANCE.md, its licence section) or (None, None) when there is none."""
+    from processing.datasets_unimp import read_licence
+
     if path is None or not path.is_file():
         return None, None
-    text = path.read_text()
-    match = re.search(r"^##\s+Licen[cs]e[^\n]*\n(.*?)(?=^##\s|\Z)", text, flags=re.M | re.S)
-    return text, match.group(1).strip() if match else None
+    return path.read_text(), read_licence(path)
+
+
+def read_checkpoint_licences(checkpoint: Path) -> dict[str, str]:
+    """Dataset name -> terms, as training recorded them in the checkpoint's processor_config.json ({} if none)."""
+    path = checkpoint / "processor_config.json"
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("training_data_licences") or {})
 
 
 def forbids_redistribution(licence_text: str | None) -> bool:
@@ -332,6 +351,9 @@ def render_dataset_card(*, dataset_dict, dataset_id: str, dataset_name: str, pro
               for config, splits in _dataset_configs(dataset_dict).items() for name, split in splits.items()]
     with_image = sum(image is not None for image in items.data.column("image").to_pylist()) if items else 0
     shifted = re.sub(r"^(#+)", r"#\1", provenance, flags=re.M)
+    from processing.datasets_unimp import read_build_report
+
+    dropped = read_build_report(next(iter(dataset_dict.values()))).get("dropped", {})
     return DatasetCard.from_template(
         card_data,
         template_path=str(DATASET_CARD_TEMPLATE),
@@ -347,6 +369,7 @@ def render_dataset_card(*, dataset_dict, dataset_id: str, dataset_name: str, pro
         user_columns=list(dataset_dict[user_splits[0]].column_names) if user_splits else [],
         item_columns=list(items.column_names) if items else [],
         provenance=shifted,
+        dropped=dropped,
     )
 
 
@@ -376,6 +399,8 @@ def main(argv: list[str] | None = None) -> dict:
     provenance_path = Path(args.provenance) if args.provenance else (
         source_folder / "PROVENANCE.md" if source_folder is not None else None)
     provenance, licence_text = read_provenance(provenance_path)
+    if dataset_dict is not None and licence_text is None:  # a saved DatasetDict carries its builder's terms
+        licence_text = next((split.info.license for split in dataset_dict.values() if split.info.license), None)
     if dataset_dict is not None:
         if licence_text is None:
             raise ValueError(f"no licence terms found for dataset {dataset_name!r} (looked for a '## Licence' section "
@@ -385,12 +410,37 @@ def main(argv: list[str] | None = None) -> dict:
                              "dataset only to a private repo (--private) that stays within those terms, or leave "
                              "--dataset out")
 
-    if forbids_redistribution(licence_text) and not args.private:
-        logger.warning("the terms of %r forbid redistributing the data, and the processor's catalogue carries its item "
-                       "ids and titles; consider --private (see the model card's licence notes)", dataset_name)
-    export_dir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="unimp-push-"))
-    if export_dir.is_dir() and any(export_dir.iterdir()):  # everything in it is uploaded
-        raise ValueError(f"--export-dir {export_dir} is not empty; give a new or empty folder")
+    trained_on = read_checkpoint_licences(checkpoint)  # recorded by recipes.train: the weights' own data terms
+    if licence_text is None and len(trained_on) == 1:
+        licence_text = next(iter(trained_on.values()))
+    forbidding = sorted(name for name, terms in {**trained_on, dataset_name: licence_text}.items()
+                        if name and forbids_redistribution(terms))
+    if forbidding and not args.private:
+        raise ValueError(f"the terms of {', '.join(map(repr, forbidding))} forbid redistributing the data, and the "
+                         f"weights and the processor's catalogue (item ids and titles) of {checkpoint} come from it; "
+                         "push to a private repo (--private) that stays within those terms")
+    if not trained_on and licence_text is None:
+        logger.warning("%s records no terms of its training data (processor_config.json training_data_licences) and "
+                       "none were found; check that they allow publishing before you push", checkpoint)
+    if args.export_dir:
+        export_dir = Path(args.export_dir)
+        if export_dir.is_dir() and any(export_dir.iterdir()):  # everything in it is uploaded
+            raise ValueError(f"--export-dir {export_dir} is not empty; give a new or empty folder")
+        return _assemble_and_push(args, checkpoint, export_dir, metrics, dataset_dict, dataset_name, source_folder,
+                                  provenance, licence_text)
+    with tempfile.TemporaryDirectory(prefix="unimp-push-") as temporary:  # weights-sized: always removed
+        result = _assemble_and_push(args, checkpoint, Path(temporary), metrics, dataset_dict, dataset_name,
+                                    source_folder, provenance, licence_text)
+    if args.dry_run:
+        logger.info("the dry run's temporary folder is deleted; pass --export-dir DIR to keep the upload for "
+                    "inspection")
+    return {**result, "export_dir": None}
+
+
+def _assemble_and_push(args: argparse.Namespace, checkpoint: Path, export_dir: Path, metrics: dict | None,
+                       dataset_dict, dataset_name: str | None, source_folder: Path | None, provenance: str | None,
+                       licence_text: str | None) -> dict:
+    """Export the checkpoint and the cards into `export_dir`, then push them (or stop there for a dry run)."""
     image_root = Path(args.image_root) if args.image_root else source_folder
     model, processor = export_checkpoint(checkpoint, export_dir, custom_pipeline=args.custom_pipeline,
                                          item_image_paths=args.item_image_paths, image_root=image_root)

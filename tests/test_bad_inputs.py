@@ -7,6 +7,7 @@ import struct
 import threading
 import warnings
 import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -468,3 +469,170 @@ def test_code_and_pickles_in_a_checkpoint_are_never_executed_or_loaded(catalogue
     AutoProcessor.from_pretrained(folder)
     results = pipeline("unimp-recommend", model=str(folder), device="cpu")(["m1"], top_k=2)
     assert len(results) == 2 and not marker.exists()
+
+
+# ------------------------------------------------------------------ resume
+def test_resume_skips_an_incomplete_newest_checkpoint_with_a_warning_and_matches_the_straight_run(
+        tiny_processor, tiny_config, tmp_path, caplog):
+    import logging
+
+    from test_recipes import _trainer
+
+    from recipes.common import last_complete_checkpoint
+
+    initial = UniMPForConditionalGeneration(tiny_config)
+    tiny_processor.prepare_model(initial)
+    straight = _trainer(copy.deepcopy(initial), tiny_processor, tmp_path / "straight", 4)
+    straight.train()
+    killed = _trainer(copy.deepcopy(initial), tiny_processor, tmp_path / "killed", 4)
+    killed.train()  # leaves checkpoint-2 and checkpoint-4
+    (tmp_path / "killed" / "checkpoint-4" / "model.safetensors").unlink()  # the newest lost its weights
+    (tmp_path / "killed" / "checkpoint-6").mkdir()  # a save cut short: no trainer_state.json
+    with caplog.at_level(logging.WARNING, logger="unimp.recipes"):
+        checkpoint = last_complete_checkpoint(tmp_path / "killed")
+    assert checkpoint == str(tmp_path / "killed" / "checkpoint-2")
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipped 2 incomplete checkpoint(s) (checkpoint-6: no trainer_state.json (the save was cut short); "
+        "checkpoint-4: no weights (model.safetensors or model.safetensors.index.json or adapter_model.safetensors)); "
+        "resuming from checkpoint-2, the newest complete one"]
+    resumed = _trainer(copy.deepcopy(initial), tiny_processor, tmp_path / "killed", 4)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.state.global_step == 4
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_truncated_weights_make_a_checkpoint_incomplete_and_none_left_starts_over(tmp_path, caplog):
+    import logging
+
+    from recipes.common import last_complete_checkpoint
+
+    folder = tmp_path / "run" / "checkpoint-3"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # a cut-off header
+    with caplog.at_level(logging.WARNING, logger="unimp.recipes"):
+        assert last_complete_checkpoint(tmp_path / "run") is None
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("none of the 1 checkpoint(s) in") and "checkpoint-3: model.safetensors is unreadable" in \
+        message and message.endswith("training starts from the beginning")
+    assert last_complete_checkpoint(tmp_path / "absent") is None
+
+
+def test_a_resumed_time_capped_run_continues_the_budget_and_the_learning_rate_decay(monkeypatch, tmp_path):
+    from transformers import TrainerState
+
+    from recipes import common
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock["now"])
+
+    def schedule_with(callback, state):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        callback.on_train_begin(None, state, None, lr_scheduler=scheduler)
+        return optimizer, scheduler
+
+    first = common.TimeBudgetCallback(max_seconds=10.0, decay_fraction=0.5)
+    schedule_with(first, TrainerState(stateful_callbacks=[first]))
+    clock["now"] += 7.0  # 7 of the 10 s spent, then a checkpoint and the process is killed
+    saved = TrainerState(global_step=119, stateful_callbacks=[first])
+    saved.save_to_json(tmp_path / "trainer_state.json")
+    clock["now"] += 1000.0  # the restart happens much later
+    resumed = common.TimeBudgetCallback(max_seconds=10.0, decay_fraction=0.5)
+    optimizer, scheduler = schedule_with(resumed, TrainerState.load_from_json(tmp_path / "trainer_state.json"))
+    assert resumed.elapsed() == pytest.approx(7.0)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.6)  # 3 s left of a 5 s decay window, not 1.0
+    args = SimpleNamespace(eval_strategy="no", save_strategy="steps")
+    assert not resumed.on_step_end(args, saved, _Control()).should_training_stop
+    clock["now"] += 3.5  # past the budget counted over both runs
+    assert resumed.on_step_end(args, saved, _Control()).should_training_stop
+
+
+class _Control:
+    should_training_stop = should_evaluate = should_save = False
+
+
+# ------------------------------------------------------------------ push
+@pytest.fixture
+def trained_checkpoint(catalogue, tmp_path):
+    """A checkpoint folder whose processor recorded the (test) terms of its training data, as recipes.train does."""
+    from recipes.common import record_training_data_licence
+
+    model, processor = catalogue
+    processor = copy.deepcopy(processor)
+
+    class _Split:
+        info = type("Info", (), {"license": "Research use only; do not redistribute the data."})()
+
+    record_training_data_licence(processor, {"train": _Split()}, "ml-100k-posters")
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_training_records_the_dataset_licence_in_the_checkpoint(trained_checkpoint):
+    processor = UniMPProcessor.from_pretrained(trained_checkpoint)
+    assert processor.training_data_licences == {"ml-100k-posters": "Research use only; do not redistribute the data."}
+
+
+def test_push_of_a_model_trained_on_data_that_forbids_redistribution_needs_private(trained_checkpoint, tmp_path):
+    from recipes import push_to_hub
+
+    argv = [str(trained_checkpoint), "org/x", "--dry-run", "--data-dir", str(tmp_path / "no-data")]
+    with pytest.raises(ValueError, match=r"the terms of 'ml-100k-posters' forbid redistributing the data.*--private"):
+        push_to_hub.main(argv)
+    result = push_to_hub.main([*argv, "--private", "--export-dir", str(tmp_path / "export")])
+    licence = (tmp_path / "export" / "LICENSE.md").read_text()
+    assert result["dry_run"] and "Research use only; do not redistribute the data." in licence
+
+
+@pytest.mark.parametrize("repo_id", ["a/b/c", "not a valid/repo id!!"])
+def test_dry_run_with_an_invalid_repo_id_exits_non_zero_naming_it(trained_checkpoint, repo_id, capsys):
+    from recipes import push_to_hub
+
+    with pytest.raises(SystemExit) as exit_info:
+        push_to_hub.main([str(trained_checkpoint), repo_id, "--dry-run", "--private"])
+    assert exit_info.value.code == 2
+    assert f"repo_id {repo_id!r} is not a valid Hub repo id" in capsys.readouterr().err
+
+
+def test_the_temporary_export_folder_is_deleted_after_a_dry_run_and_a_failed_push(
+        trained_checkpoint, tmp_path, monkeypatch):
+    import tempfile
+
+    from recipes import push_to_hub
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = push_to_hub.main([str(trained_checkpoint), "org/x", "--dry-run", "--private"])
+    assert result["export_dir"] is None and "model.safetensors" in result["files"]
+    assert list(scratch.iterdir()) == []
+
+    def fail(args, export_dir):
+        assert (export_dir / "model.safetensors").is_file()  # the upload was assembled in the scratch folder
+        raise ConnectionError("the Hub went away")
+
+    monkeypatch.setattr(push_to_hub, "push_model", fail)
+    with pytest.raises(ConnectionError):
+        push_to_hub.main([str(trained_checkpoint), "org/x", "--private"])
+    assert list(scratch.iterdir()) == []
+
+
+def test_dataset_card_lists_what_the_build_dropped(tmp_path, items_file):
+    from recipes import push_to_hub
+
+    rows = _interactions(num_users=2, num_items=4)
+    rows += [rows[0], {"user_id": "short", "item_id": "i0", "timestamp": 1}]
+    dataset_dict = _build(tmp_path, items_file, rows, licence="Do not redistribute.")
+    card = str(push_to_hub.render_dataset_card(
+        dataset_dict=dataset_dict, dataset_id="org/d", dataset_name="custom", protocol="leave_one_out",
+        provenance="# custom\n", licence_text="Do not redistribute.", model_id=None))
+    for line in ("| repeated (user, item) rows (the first kept) | 1 |",
+                 "| users with fewer than 4 interactions (the leave_one_out minimum) | 1 |",
+                 "| items nobody interacted with (after the filters above) | 2 |"):
+        assert line in card, line

@@ -150,7 +150,7 @@ def published(fake_hub, source):
         [str(source["checkpoint"]), MODEL_REPO, "--dataset", "ml-100k-posters", "--data-dir", str(source["data_dir"]),
          "--dataset-repo-id", DATASET_REPO, "--private", "--commit-message", "Publish tiny UniMP"],
         [str(source["checkpoint"]), MODEL_REPO, "--revision", "dev", "--no-custom-pipeline", "--data-dir",
-         str(source["data_dir"]), "--commit-message", "Model only, on dev"],
+         str(source["data_dir"]), "--private", "--commit-message", "Model only, on dev"],
     ]
     start = time.monotonic()
     pushed = fake_hub.run_python([str(work / "push.py"), json.dumps(runs)], home=work / "push_home", cwd=REPO_ROOT,
@@ -232,6 +232,7 @@ def test_dataset_repo_reads_back_with_images_licence_and_provenance(fake_hub, pu
     assert "configs:" in card and "dataset_info:" in card  # datasets' own metadata survives the card
     assert "license: other" in card and LICENCE in card and "### Sources" in card
     assert 'load_dataset("org/unimp-ml100k", "items")' in card and "config_name: items" in card
+    assert "## What the build dropped\n\nNothing: every source row is in the splits." in card  # issue 16
 
 
 # ------------------------------------------------------------------ loading it back
@@ -268,7 +269,7 @@ def test_data_whose_terms_forbid_redistribution_is_only_pushed_private(source):
 
 
 def test_dry_run_in_library_scheme_renders_the_card_and_pushes_nothing(source, tmp_path):
-    result = push_to_hub.main([str(source["checkpoint"]), "org/x", "--dry-run", "--no-custom-pipeline",
+    result = push_to_hub.main([str(source["checkpoint"]), "org/x", "--dry-run", "--private", "--no-custom-pipeline",
                                "--item-image-paths", "drop", "--data-dir", str(source["data_dir"]),
                                "--export-dir", str(tmp_path)])
     assert result["dry_run"] and "model_commit" not in result
