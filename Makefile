@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers clean
+.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak clean
 
 setup: $(STAMP)
 
@@ -99,6 +99,12 @@ bench-item-content: $(STAMP) $(PEER_DATA)/.exported
 # One command: every row of §1.1 (peers, then UniMP-tiny; rows in the result files are skipped), then the tables.
 bench: bench-peers bench-rating-peers bench-unimp
 	$(BIN)/python benchmarks/report.py
+
+# Soak (issue 16): 2,000 sequential pipeline("unimp-recommend") calls, then 8 threads x 250 on one pipeline; RSS
+# growth and p95 latency early vs late -> outputs/bench/soak.json (BENCHMARKS.md §7). Uses outputs/ml100k_tiny (make
+# demo) when present, else trains a demo-shaped checkpoint for a few steps.
+bench-soak: $(STAMP)
+	nice -n 15 $(BIN)/python -m benchmarks.soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks
