@@ -387,12 +387,17 @@ def test_builder_user_disjoint_with_too_few_users_for_every_split_is_an_error(tm
     assert [len(dataset_dict[split]) for split in ("train", "validation", "test")] == [3, 1, 1]
 
 
-def test_builder_records_the_licence_of_built_in_data(data_dir):
-    from processing.datasets_unimp import read_licence
+def test_builder_records_the_licence_of_built_in_data(data_dir, tmp_path):
+    from test_push_to_hub import LICENCE, _write_tiny_ml100k
+
+    from processing.datasets_unimp import build_ml100k, read_licence
 
     for name in ("ml-100k-posters", "hm-sample", "amazon-mi-2014-5core", "amazon-2018-small-5core"):
         licence = read_licence(data_dir / name / "PROVENANCE.md")
         assert licence and "redistribut" in licence, name
+    _write_tiny_ml100k(tmp_path / "ml-100k-posters")  # the shared layout, with its own PROVENANCE.md
+    dataset_dict = build_ml100k(tmp_path, check_images=False)
+    assert {split.info.license for split in dataset_dict.values()} == {LICENCE}
 
 
 def test_builder_stores_the_given_licence(tmp_path, items_file):
