@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak clean
+.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,18 @@ bench-peers: $(STAMP) $(RECBOLE_STAMP) $(PEER_DATA)/.exported
 	  --set SASRec@ml100k:hidden_dropout_prob=0.2 SASRec@ml100k:attn_dropout_prob=0.2
 	$(PEERS_RUN) --datasets amazon-mi hm --models GRU4Rec BERT4Rec
 	$(PEERS_RUN) --datasets ml100k --models GRU4Rec BERT4Rec
+
+# Speed (issue 13), one run on this machine (< 5 min on 2 cores): UniMP-tiny eval users/s next to RecBole SASRec's
+# (its own venv, same split), exact vs 10-beam, training examples/s, pipeline latency, peak RSS; the last line is
+# `eval throughput UniMP/SASRec = R`. SASRec falls back to the committed result lines without .venv-recbole.
+bench-speed: $(STAMP) $(PEER_DATA)/.exported
+	$(BIN)/python -m benchmarks.speed
+
+# Cost vs catalogue size, 1k to 1M synthetic items (issue 13; about an hour on 2 cores, 1M items needs ~10 GiB):
+# outputs/scaling/scaling.json, benchmarks/results/scaling.png and the Markdown table of BENCHMARKS.md "Speed".
+bench-scaling: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	nice -n 15 $(BIN)/python -m benchmarks.scaling
 
 # The tables of BENCHMARKS.md §1 (between the bench-report markers) from benchmarks/results/*.jsonl.
 bench-report: $(STAMP)

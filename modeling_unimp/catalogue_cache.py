@@ -29,14 +29,27 @@ def weights_fingerprint(*modules: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _source_key(image):
-    """The cache key of an image reference: the path for a file, the object itself for a PIL image (the cache keeps
-    a reference, so the id is never reused while cached); None for references that are not cached (bytes, dicts)."""
+def _source_key(image, cache_objects: bool = True):
+    """The cache key of an image reference: a file's path with its modification time and size (an edited file is a
+    new key), a PIL image's id (the cache keeps the image, so the id is never reused while cached); None for
+    references that are not cached (bytes, dicts, files that cannot be read, PIL images when not `cache_objects`)."""
     if isinstance(image, (str, os.PathLike)):
-        return ("path", os.fspath(image))
-    if isinstance(image, Image.Image):
+        try:
+            stat = os.stat(image)
+        except OSError:
+            return None
+        return ("path", os.fspath(image), stat.st_mtime_ns, stat.st_size)
+    if isinstance(image, Image.Image) and cache_objects:
         return ("pil", id(image))
     return None
+
+
+def _unimp_model(model):
+    """The `UniMPModel` (vision tower, perceiver) inside a model, its PEFT wrapper included."""
+    if hasattr(model, "get_base_model"):  # a peft.PeftModel
+        model = model.get_base_model()
+    inner = getattr(model, "model", None)
+    return inner if inner is not None and hasattr(inner, "vision_model") else model
 
 
 class UniMPImageCache:
@@ -62,42 +75,63 @@ class UniMPImageCache:
         (1, 4, 64)
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, *, cache_objects: bool = True, max_entries: int | None = None):
+        """Args:
+            processor: the `UniMPProcessor` whose image processor defines the pixels.
+            cache_objects: also cache PIL images by identity (recipes: their `ImageCache` returns one object per
+                file); False caches files only (a long-lived pipeline fed fresh PIL images by its users).
+            max_entries: forget the oldest images beyond this many (None: keep all; a catalogue is finite).
+        """
         self.processor = processor
+        self.cache_objects, self.max_entries = cache_objects, max_entries
         self._pixels: dict = {}  # key -> (3, H, W) float tensor, or None when the image does not decode
         self._objects: dict = {}  # key -> the PIL image, kept alive so that its id stays unique
         self._latents: dict = {}  # key -> (L, E) for the weights of `_latents_key`
         self._latents_key: str | None = None
 
+    def _key(self, image):
+        return _source_key(image, self.cache_objects)
+
+    def _remember(self, table: dict, key, value, image) -> None:
+        table[key] = value
+        if key[0] == "pil":
+            self._objects[key] = image
+        if self.max_entries is not None:
+            while len(table) > self.max_entries:
+                oldest = next(iter(table))
+                del table[oldest]
+                if oldest not in self._pixels and oldest not in self._latents:
+                    self._objects.pop(oldest, None)
+
     def __len__(self) -> int:
         return len(self._pixels)
 
+    def _lookup(self, table: dict, images: Sequence) -> tuple[list, dict, dict]:
+        """Per image its key (("once", id) when not cacheable), the values already in `table`, the missing images."""
+        keys = [None if image is None else self._key(image) or ("once", id(image)) for image in images]
+        known = {key: table[key] for key in keys if key is not None and key in table}
+        missing = {key: image for key, image in zip(keys, images) if key is not None and key not in known}
+        return keys, known, missing
+
+    def _store(self, table: dict, missing: dict, values: list) -> dict:
+        for (key, image), value in zip(missing.items(), values):
+            if key[0] != "once":
+                self._remember(table, key, value, image)
+        return dict(zip(missing, values))
+
     def pixel_values(self, images: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 3, H, W) pixel values and an (n,) bool `present` mask (False: None or not decodable, zeros there)."""
-        missing = {}
-        for image in images:
-            key = _source_key(image)
-            if image is not None and (key is None or key not in self._pixels):
-                missing.setdefault(key if key is not None else ("once", id(image)), image)
-        fresh = {}
+        keys, values, missing = self._lookup(self._pixels, images)
         if missing:
-            values, present = self.processor.preprocess_images(list(missing.values()))
-            for (key, image), value, ok in zip(missing.items(), values, present):
-                fresh[key] = value if ok else None
-                if key[0] != "once":
-                    self._pixels[key] = fresh[key]
-                    if key[0] == "pil":
-                        self._objects[key] = image
+            pixels, decoded = self.processor.preprocess_images(list(missing.values()))
+            values.update(self._store(self._pixels, missing,
+                                      [pixels[n] if decoded[n] else None for n in range(len(missing))]))
         size = self.processor.image_processor.size
         out = torch.zeros(len(images), 3, size["height"], size["width"])
         present = torch.zeros(len(images), dtype=torch.bool)
-        for n, image in enumerate(images):
-            if image is None:
-                continue
-            key = _source_key(image)
-            value = self._pixels[key] if key is not None else fresh[("once", id(image))]
-            if value is not None:
-                out[n], present[n] = value, True
+        for n, key in enumerate(keys):
+            if key is not None and values[key] is not None:
+                out[n], present[n] = values[key], True
         return out, present
 
     @torch.inference_mode()
@@ -108,40 +142,26 @@ class UniMPImageCache:
             model: a `UniMPForConditionalGeneration` (or its `UniMPModel`).
             images: image references (paths, PIL images, None).
         """
-        base = getattr(model, "model", model)
+        base = _unimp_model(model)
         fingerprint = weights_fingerprint(base.vision_model, base.perceiver)
         if fingerprint != self._latents_key:
             self._latents, self._latents_key = {}, fingerprint
-        keys = [_source_key(image) if image is not None else None for image in images]
-        todo = {key: image for key, image in zip(keys, images)
-                if image is not None and (key is None or key not in self._latents)}
-        todo_images = list(todo.values())
-        encoded = {}
-        if todo_images:
-            pixels, present = self.pixel_values(todo_images)
+        shape = (base.config.perceiver_num_latents, base.config.vision_config.hidden_size)
+        keys, values, missing = self._lookup(self._latents, images)
+        if missing:
+            pixels, present = self.pixel_values(list(missing.values()))
             rows = present.nonzero().flatten()
-            latents = torch.zeros(len(todo_images), base.config.perceiver_num_latents,
-                                  base.config.vision_config.hidden_size, dtype=base.dtype)
+            latents = torch.zeros(len(missing), *shape, dtype=base.dtype)
             for start in range(0, len(rows), ENCODE_CHUNK):
                 chunk = rows[start : start + ENCODE_CHUNK]
                 latents[chunk] = base.get_image_features(pixels[chunk].unsqueeze(1))  # (c, L, E)
-            for n, (key, image) in enumerate(todo.items()):
-                value = latents[n] if present[n] else None
-                if key is None:
-                    encoded[id(image)] = value
-                else:
-                    self._latents[key] = value
-                    if key[0] == "pil":
-                        self._objects[key] = image
-        out = torch.zeros(len(images), base.config.perceiver_num_latents, base.config.vision_config.hidden_size,
-                          dtype=base.dtype)
+            values.update(self._store(self._latents, missing,
+                                      [latents[n] if present[n] else None for n in range(len(missing))]))
+        out = torch.zeros(len(images), *shape, dtype=base.dtype)
         present = torch.zeros(len(images), dtype=torch.bool)
-        for n, (key, image) in enumerate(zip(keys, images)):
-            if image is None:
-                continue
-            value = self._latents[key] if key is not None else encoded[id(image)]
-            if value is not None:
-                out[n], present[n] = value, True
+        for n, key in enumerate(keys):
+            if key is not None and values[key] is not None:
+                out[n], present[n] = values[key], True
         return out, present
 
 

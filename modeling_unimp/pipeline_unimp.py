@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 from transformers.utils import logging
 
+from .catalogue_cache import UniMPImageCache
 from .prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS
 from .prompt_templates import TASKS as TEMPLATE_TASKS
 
@@ -23,6 +24,7 @@ METHODS = ("exact", "beam")
 DEFAULT_BATCH_SIZE = 16
 # Beam widths and lengths of the reference's evaluation scripts (reference §4.1, §4.3, §4.4).
 DEFAULT_NUM_BEAMS = {"rec": 10, "search": 10, "exp": 5, "select": 2}
+IMAGE_CACHE_ENTRIES = 4096  # preprocessed image files a pipeline keeps (a tiny-model poster is 48 KiB)
 DEFAULT_EXP_MAX_NEW_TOKENS = 64  # a rating token + an explanation cut to 30 words (prompt_templates budget)
 
 
@@ -171,6 +173,10 @@ class UniMPRecommendPipeline(Pipeline):
         if not hasattr(self.processor, "render_prompt"):
             raise ValueError(f"{type(self.processor).__name__} has no render_prompt: the checkpoint's processor code "
                              "predates this pipeline; re-save the processor with the current unimp package")
+        # image files preprocessed once per pipeline, not once per call (issue 13); PIL images from callers are not
+        # kept (a long-lived pipeline would grow with every new picture)
+        self.image_cache = (UniMPImageCache(self.processor, cache_objects=False, max_entries=IMAGE_CACHE_ENTRIES)
+                            if hasattr(self.processor, "preprocess_images") else None)
         config = self.model.config
         if (config.num_items, config.item_token_start_id) != (
             self.processor.num_items,
@@ -303,7 +309,7 @@ class UniMPRecommendPipeline(Pipeline):
             prompts.append(self.processor.render_prompt(prompt_record))
             history_indices.append(sorted({self.processor.item_index(item["item_id"]) for item in resolved
                                            if item.get("item_id") is not None and self._is_known(item["item_id"])}))
-        batch = self.processor(text=[p["text"] for p in prompts], images=[p["images"] for p in prompts],
+        batch = self.processor(text=[p["text"] for p in prompts], images=[self._pixels(p["images"]) for p in prompts],
                                padding_side="left")
         return {"model_inputs": dict(batch), "task": task, "history_indices": history_indices,
                 "candidate_ids": candidate_ids}
@@ -376,6 +382,13 @@ class UniMPRecommendPipeline(Pipeline):
         return results
 
     # ------------------------------------------------------------------ helpers
+    def _pixels(self, images: list) -> list:
+        """A prompt's images as cached pixel tensors (None stays None, and so does an image that does not decode)."""
+        if self.image_cache is None or not images:
+            return images
+        pixels, present = self.image_cache.pixel_values(images)
+        return [pixels[n] if present[n] else None for n in range(len(images))]
+
     def _rank(self, model_outputs: dict, top_k: int, exclude_history: bool, image_root: str | None) -> list[list[dict]]:
         item_logits = model_outputs["item_logits"].float()
         probabilities = item_logits.softmax(dim=-1)  # (B, num_items): the score is over the whole catalogue

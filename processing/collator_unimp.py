@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modeling_unimp.catalogue_cache import UniMPImageCache
 from modeling_unimp.modeling_unimp import IGNORE_INDEX
 from modeling_unimp.processing_unimp import UniMPProcessor
 from modeling_unimp.prompt_templates import ANSWER_TOKEN, END_OF_CHUNK_TOKEN, IMAGE_TOKEN
@@ -35,6 +36,8 @@ class UniMPDataCollator:
     processor: UniMPProcessor
     context_weight: float = 1.0  # official behaviour: history answers weigh as much as the target (§3.2)
     for_generation: bool = False  # left padding, no EOS, no labels: prompts that end at `<answer>`
+    # each image preprocessed once for the whole run instead of once per batch that shows it (issue 13)
+    image_cache: UniMPImageCache | None = None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if not examples:
@@ -43,9 +46,15 @@ class UniMPDataCollator:
             for key in ("text", "images"):
                 if key not in example:
                     raise ValueError(f"example {index} has no {key!r} field; pass render_record(...) output")
+        images = [list(example["images"]) for example in examples]
+        if self.image_cache is not None:  # cached (3, H, W) pixel values; None stays None (image-less item)
+            flat = [image for row in images for image in row]
+            pixels, present = self.image_cache.pixel_values(flat)
+            cached = iter([pixels[n] if present[n] else None for n in range(len(flat))])
+            images = [[next(cached) for _ in row] for row in images]
         batch = self.processor(
             text=[example["text"] for example in examples],
-            images=[list(example["images"]) for example in examples],
+            images=images,
             padding_side="left" if self.for_generation else "right",
             add_eos=not self.for_generation,
         )
@@ -60,24 +69,27 @@ class UniMPDataCollator:
     def build_labels(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels (B, T) with -100 outside answer spans, and token_weights (B, T), 0 where unsupervised."""
+        """Labels (B, T) with -100 outside answer spans, and token_weights (B, T), 0 where unsupervised.
+
+        A span runs from the token after an `<answer>` up to the first `<|endofchunk|>`, `<answer>`, `<image>` or
+        padding; computed with cumulative counts instead of a loop over tokens (issue 13).
+        """
         tokenizer = self.processor.tokenizer
         answer_id = tokenizer.convert_tokens_to_ids(ANSWER_TOKEN)
         end_of_chunk_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
         image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
-        weights = torch.zeros(input_ids.shape, dtype=torch.float32)
-        for row in range(input_ids.shape[0]):
-            ids = input_ids[row].tolist()
-            answer_positions = [t for t, token in enumerate(ids) if token == answer_id and attention_mask[row, t]]
-            for span_index, start in enumerate(answer_positions):
-                is_target = span_index == len(answer_positions) - 1
-                weight = task_weights[row] * (1.0 if is_target else self.context_weight)
-                for t in range(start + 1, len(ids)):
-                    if not attention_mask[row, t] or ids[t] in (end_of_chunk_id, answer_id, image_id):
-                        break
-                    labels[row, t] = ids[t]
-                    weights[row, t] = weight
+        real = attention_mask.bool()
+        is_answer = (input_ids == answer_id) & real  # (B, T)
+        stops = torch.isin(input_ids, torch.tensor([end_of_chunk_id, answer_id, image_id])) | ~real
+        stops_so_far = stops.long().cumsum(dim=-1)  # (B, T), counts the answer token itself
+        # the stop count at the latest answer: unchanged since then means no stop between it and t
+        at_last_answer = torch.where(is_answer, stops_so_far, -1).cummax(dim=-1).values
+        supervised = (stops_so_far == at_last_answer) & ~is_answer & (at_last_answer >= 0)
+        span_index = is_answer.long().cumsum(dim=-1)  # (B, T): 1 for the first answer's span, ...
+        is_target = span_index == span_index[:, -1:]
+        weights = task_weights.float().unsqueeze(1) * torch.where(is_target, 1.0, float(self.context_weight))
+        labels = torch.where(supervised, input_ids, IGNORE_INDEX)
+        weights = torch.where(supervised, weights, 0.0)
         labels[:, 0] = IGNORE_INDEX
         weights[:, 0] = 0.0
         return labels, weights

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from modeling_unimp import UniMPProcessor, train_catalogue_tokenizer
 from modeling_unimp.image_utils import load_image
@@ -322,6 +322,39 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         return control
 
 
+class TimeBudgetProgressCallback(ProgressCallback):
+    """The training bar of a time-capped run: seconds of the budget spent and left, with the step and its rate in the
+    postfix, instead of an ETA for `max_steps` that the budget ends long before (issue 13). Log lines and the
+    evaluation bars are `ProgressCallback`'s.
+
+    Args:
+        budget: the run's `TimeBudgetCallback` (its `elapsed()` includes the time of a resumed run's earlier part).
+    """
+
+    def __init__(self, budget: TimeBudgetCallback):
+        super().__init__()
+        self.budget = budget
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=round(self.budget.max_seconds), initial=round(self.budget.elapsed()),
+                                     unit="s", dynamic_ncols=True, desc="time budget",
+                                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
+                                                "[{remaining} left{postfix}]")
+        self.current_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            spent = min(self.budget.elapsed(), self.budget.max_seconds)
+            self.training_bar.n = round(spent)
+            steps_per_second = state.global_step / max(spent, 1e-9)
+            self.training_bar.set_postfix_str(f"step {state.global_step}/{state.max_steps}, "
+                                              f"{steps_per_second:.2f} steps/s", refresh=True)
+        self.current_step = state.global_step
+
+
 # A checkpoint is complete once Trainer wrote trainer_state.json (its last file) and the weights are there.
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 
@@ -469,6 +502,7 @@ __all__ = [
     "ImageCache",
     "RecipeArguments",
     "TimeBudgetCallback",
+    "TimeBudgetProgressCallback",
     "apply_history_layout",
     "last_complete_checkpoint",
     "record_training_data_licence",

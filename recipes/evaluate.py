@@ -89,6 +89,7 @@ def evaluate_recommendation(
     use_images: bool = True,
     use_text_attributes: bool = True,
     return_ranks: bool = False,
+    image_cache: UniMPImageCache | None = None,
 ) -> dict:
     """Full-ranking metrics of UniMP and the popularity baseline on `split` (leave-one-out targets).
 
@@ -96,6 +97,7 @@ def evaluate_recommendation(
     column with each user's history masked (the convention of RecBole's Pop/BPR/LightGCN). With `return_ranks`,
     also `ranks`: `{"user_ids", "target_item_ids", "none", "history"}` (lists), the 1-based rank of each user's target
     (ties counted against it, `rank_of_targets`) in the split's row order, for paired tests (issue 11).
+    `image_cache` keeps encoded images across calls (`score_examples`).
     """
     if examples is None:  # pre-rendered examples (render_examples(..., tasks=["rec"], split=split)) may be passed
         examples = render_examples(
@@ -106,7 +108,8 @@ def evaluate_recommendation(
     targets = [example["target_index"] for example in examples]
     users = [example["user_id"] for example in examples]
     started = time.perf_counter()
-    scores = score_examples(model, processor, examples, batch_size=batch_size, progress=progress)
+    scores = score_examples(model, processor, examples, batch_size=batch_size, progress=progress,
+                            image_cache=image_cache)
     users_per_second = len(examples) / max(time.perf_counter() - started, 1e-9)
     history = training_history_mask(dataset_dict, processor, users, split)
     popularity = popularity_scores(dataset_dict, processor).expand(len(examples), -1)

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import set_seed
+from transformers import ProgressCallback, set_seed
 
-from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPProcessor
+from modeling_unimp import UniMPConfig, UniMPForConditionalGeneration, UniMPImageCache, UniMPProcessor
 from modeling_unimp.item_content_unimp import attach_item_content
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, lora_config_for, set_trainable
 from processing import UniMPDataCollator
@@ -21,6 +21,7 @@ from .common import (
     ImageCache,
     RecipeArguments,
     TimeBudgetCallback,
+    TimeBudgetProgressCallback,
     apply_history_layout,
     build_processor,
     last_complete_checkpoint,
@@ -91,6 +92,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     logger.info("%d trainable tensors, %.2fM trainable parameters", len(trainable),
                 sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
     images = ImageCache(processor.image_processor.size["height"])
+    image_cache = UniMPImageCache(processor)  # pixels once per run, latents once per validation (issue 13)
     train_examples = render_examples(
         dataset_dict, processor, tasks=recipe.tasks, split="train", task_weights=training.task_weights,
         num_windows_per_user=recipe.num_windows_per_user,
@@ -109,6 +111,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         metrics = evaluate_recommendation(
             current_model, processor, dataset_dict, split="validation",
             ks=recipe.eval_ks, batch_size=training.per_device_eval_batch_size, examples=validation_examples,
+            image_cache=image_cache,
         )
         return metrics["unimp"]
 
@@ -117,13 +120,17 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         args=training,
         train_dataset=train_examples,
         eval_dataset=validation_examples,
-        data_collator=UniMPDataCollator(processor, context_weight=training.context_weight),
+        data_collator=UniMPDataCollator(processor, context_weight=training.context_weight, image_cache=image_cache),
         processing_class=processor,  # saved into every checkpoint-N/: AutoProcessor loads any of them (issue 15)
         evaluation_fn=validation_ranking if training.eval_strategy != "no" else None,
         callbacks=[PipelineCodeCallback()],
     )
     if recipe.max_train_seconds:
-        trainer.add_callback(TimeBudgetCallback(recipe.max_train_seconds, recipe.time_decay_fraction))
+        budget = TimeBudgetCallback(recipe.max_train_seconds, recipe.time_decay_fraction)
+        trainer.add_callback(budget)
+        if not training.disable_tqdm:  # the bar shows the budget spent and left, not a max_steps ETA (issue 13)
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(TimeBudgetProgressCallback(budget))
     last_checkpoint = last_complete_checkpoint(training.output_dir)  # an incomplete newest one is skipped
     if last_checkpoint:
         logger.info("resuming from %s", last_checkpoint)

@@ -117,3 +117,25 @@ def test_docstring_example_runs():
 
     result = doctest.testmod(catalogue_cache, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_an_edited_image_file_is_preprocessed_again_and_uncached_images_stay_apart(catalogue, tmp_path):
+    import io
+    import os
+
+    _, processor = catalogue
+    cache = UniMPImageCache(processor, max_entries=8)
+    path = tmp_path / "poster.png"
+    Image.new("RGB", (32, 32), "red").save(path)
+    red = cache.pixel_values([str(path)])[0]
+    Image.new("RGB", (32, 40), "green").save(path)  # same path, new content (and size)
+    os.utime(path, ns=(1, 10**18))
+    green = cache.pixel_values([str(path)])[0]
+    assert not torch.equal(red, green)
+    encoded = []
+    for color in ("red", "blue"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    pixels, present = cache.pixel_values(encoded)  # bytes are not cached: each keeps its own pixels
+    assert present.tolist() == [True, True] and not torch.equal(pixels[0], pixels[1])
