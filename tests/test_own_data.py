@@ -187,3 +187,40 @@ def test_training_curve_has_labelled_axes_and_a_second_axis_for_the_validation_m
         assert len(only_loss.axes) == 1  # no validation logged: no empty second axis
     finally:
         plt.close(only_loss)
+
+
+HUB_DRIVER = """\
+import json, sys
+from processing.datasets_unimp import load_unimp_dataset
+from recipes.push_to_hub import _dataset_configs
+if sys.argv[1] == "push":  # the layout recipes/push_to_hub.py --dataset writes: user splits + config "items"
+    dataset_dict = load_unimp_dataset(sys.argv[2], rating_scale=[0.5, 5.0])
+    for config_name, splits in _dataset_configs(dataset_dict).items():
+        splits.push_to_hub("org/own-data", config_name=config_name, private=True)
+else:
+    from recipes import train
+    metrics = train.main(*train.parse_args(json.loads(sys.argv[2])))
+    print(json.dumps({"num_users": metrics["num_users"], "global_step": metrics["global_step"],
+                      "hr@10": metrics["unimp"]["hr@10"], "dataset": metrics["dataset"]}))
+"""
+
+
+@pytest.mark.slow  # two client processes against the loopback Hub and a training run: minutes on 2 cores
+def test_train_recipe_trains_on_a_dataset_id_pushed_to_the_loopback_hub(tmp_path):
+    from fake_hub import FakeHub
+
+    write_own_data(tmp_path / "data")
+    (tmp_path / "driver.py").write_text(HUB_DRIVER)
+    args = _train_args("org/own-data", tmp_path / "run", "max_steps=1", "tasks=[rec]", "rating_scale=null")
+    with FakeHub() as hub:
+        hub.run_python([str(tmp_path / "driver.py"), "push", str(tmp_path / "data")], home=tmp_path / "home",
+                       cwd=REPO_ROOT, timeout=240)
+        assert "org/own-data" in hub.repo_ids("dataset")
+        proc = hub.run_python([str(tmp_path / "driver.py"), "train", json.dumps(args)], home=tmp_path / "home",
+                              cwd=REPO_ROOT, timeout=600)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"num_users": NUM_USERS, "global_step": 1, "hr@10": result["hr@10"], "dataset": "org/own-data"}
+    assert 0.0 <= result["hr@10"] <= 1.0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    processor = json.loads((tmp_path / "run" / "processor_config.json").read_text())
+    assert len(processor["item_ids"]) == NUM_ITEMS
