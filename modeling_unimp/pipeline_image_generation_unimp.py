@@ -145,18 +145,10 @@ class UniMPImageGenerationPipeline(Pipeline):
         return UniMPImageTokenizer.from_pretrained(name)
 
     # ------------------------------------------------------------------ parameters
-    def _sanitize_parameters(
-        self,
-        query: str | None = None,
-        max_history_items: int | None = None,
-        output_size: int | tuple[int, int] | None = None,
-        return_codes: bool | None = None,
-        do_sample: bool | None = None,
-        num_beams: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-    ):
+    def _sanitize_parameters(self, query: str | None = None, max_history_items: int | None = None,
+                             output_size: int | tuple[int, int] | None = None, return_codes: bool | None = None,
+                             do_sample: bool | None = None, num_beams: int | None = None,
+                             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None):
         preprocess, forward, postprocess = {}, {}, {}
         if query is not None:
             preprocess["query"] = query
