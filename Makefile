@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling clean
+.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks clean
 
 setup: $(STAMP)
 
@@ -117,6 +117,12 @@ bench: bench-peers bench-rating-peers bench-unimp
 # demo) when present, else trains a demo-shaped checkpoint for a few steps.
 bench-soak: $(STAMP)
 	nice -n 15 $(BIN)/python -m benchmarks.soak
+
+# Search and selection (issue 18) on the ML-100K and H&M test splits: the untrained baselines (minutes), and UniMP's
+# search ranks next to them with CHECKPOINT=<a checkpoint trained with the search task> (its dataset only).
+# One contract line per (dataset, task, model) in benchmarks/results/, the summary in outputs/bench/tasks.json.
+bench-tasks: $(STAMP)
+	nice -n 15 $(BIN)/python -m benchmarks.tasks $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks

@@ -1,0 +1,257 @@
+"""Search and selection next to untrained baselines (issue 18, reference §4.2-4.3): `make bench-tasks`.
+
+Search: the query is the target item's category text (`task_records.item_query`, the search records' query); every
+model scores the whole catalogue and the target's exact rank (ties against it, `rank_of_targets`) gives
+HR/NDCG/MRR@5/10/20. Baselines: BM25 over item text, popularity, popularity filtered by the query, BM25 re-ranked by
+TF-IDF similarity to the user's history (λ chosen on validation by NDCG@10). With `--checkpoint`, UniMP's item-token
+scores at the search prompt's answer (the scoring path of `recipes.evaluate`) on the checkpoint's dataset.
+
+Selection: the target plus 9 negatives (items with an image the user never touched), shuffled with the seed; one slot
+chosen by random, popularity, or the candidate whose image is closest to the latest history image (16x16 RGB pixels,
+mean-centred, cosine). P/R/F1 (reference §4.3) and accuracy. UniMP is not scored here: its prompt has 5 slot tokens.
+
+Writes one result line per (dataset, task, model) through `benchmarks/results.py` and `outputs/bench/tasks.json`.
+"""
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import results as contract
+from processing.datasets_unimp import RECBOLE_NAMES, load_unimp_dataset
+from processing.metrics_unimp import compute_ranking_metrics_from_ranks, compute_selection_metrics, rank_of_targets
+from processing.task_baselines import (
+    BM25Index,
+    choose_best_slot,
+    compute_selection_accuracy,
+    count_training_popularity,
+    history_reranked_scores,
+    image_pixel_features,
+    item_search_text,
+    query_filtered_popularity_scores,
+    sample_selection_candidates,
+    tfidf_similarity_matrix,
+    tokenize_text,
+)
+from processing.task_records import build_task_records, collect_touched_item_ids, items_by_id
+
+KS = contract.KS
+LAMBDAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+NUM_NEGATIVES = 9
+DATASETS = {"ml100k": "ml-100k-posters", "hm": "hm-sample"}
+
+
+class _Catalogue:
+    """The item table as what the baselines need: ids, index, BM25 index, term sets, similarity, popularity."""
+
+    def __init__(self, dataset_dict):
+        self.items = items_by_id(dataset_dict["items"])
+        self.item_ids = list(self.items)
+        self.index = {item_id: n for n, item_id in enumerate(self.item_ids)}
+        documents = [tokenize_text(item_search_text(self.items[item_id])) for item_id in self.item_ids]
+        self.bm25 = BM25Index(documents)
+        self.terms = [set(document) for document in documents]
+        self.similarity = tfidf_similarity_matrix(documents)
+        counts = count_training_popularity(dataset_dict["train"])
+        self.popularity = np.array([float(counts.get(item_id, 0)) for item_id in self.item_ids])
+
+
+def search_scores(catalogue: _Catalogue, records: list[dict]) -> dict[str, np.ndarray]:
+    """{model: (n, num_items) scores} of the search baselines; "bm25+history@λ" for every λ in LAMBDAS."""
+    scores = {name: [] for name in ("BM25", "Pop", "Pop-query", *(f"BM25+history@{w}" for w in LAMBDAS))}
+    for record in records:
+        query = tokenize_text(record["query"])
+        bm25 = catalogue.bm25.scores(query)
+        scores["BM25"].append(bm25)
+        scores["Pop"].append(catalogue.popularity)
+        scores["Pop-query"].append(query_filtered_popularity_scores(query, catalogue.terms, catalogue.popularity))
+        history = [catalogue.index[item["item_id"]] for item in record["history"]]
+        for weight in LAMBDAS:
+            scores[f"BM25+history@{weight}"].append(
+                history_reranked_scores(bm25, history, catalogue.similarity, weight))
+    return {name: np.stack(rows) for name, rows in scores.items()}
+
+
+def ranks_of(scores, catalogue: _Catalogue, records: list[dict]) -> list[int]:
+    targets = torch.tensor([catalogue.index[record["target"]["item_id"]] for record in records])
+    return [int(rank) for rank in rank_of_targets(torch.as_tensor(scores), targets).tolist()]
+
+
+def evaluate_search(dataset_dict, catalogue: _Catalogue) -> dict:
+    """{model: {"variant", "test", "validation", "ranks", "users_per_s"}} of the search baselines."""
+    out, timings = {}, {}
+    per_split = {}
+    for split in ("validation", "test"):
+        records = build_task_records(dataset_dict, "search", split)
+        started = time.perf_counter()
+        scores = search_scores(catalogue, records)
+        timings[split] = len(records) / max(time.perf_counter() - started, 1e-9)
+        per_split[split] = {name: ranks_of(matrix, catalogue, records) for name, matrix in scores.items()}
+    metrics = {split: {name: compute_ranking_metrics_from_ranks(ranks, KS) for name, ranks in by_model.items()}
+               for split, by_model in per_split.items()}
+    best = max(LAMBDAS, key=lambda w: (metrics["validation"][f"BM25+history@{w}"]["ndcg@10"], -w))
+    chosen = {"BM25": "default", "Pop": "training counts", "Pop-query": "all query terms in the item text",
+              f"BM25+history@{best}": f"lambda={best} (validation NDCG@10 over {list(LAMBDAS)})"}
+    for name, variant in chosen.items():
+        model = name.split("@")[0]
+        out[model] = {"variant": variant, "test": metrics["test"][name], "validation": metrics["validation"][name],
+                      "ranks": per_split["test"][name], "users_per_s": timings["test"]}
+    out["_lambda_validation_ndcg@10"] = {str(w): metrics["validation"][f"BM25+history@{w}"]["ndcg@10"]
+                                         for w in LAMBDAS}
+    return out
+
+
+def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, batch_size: int = 32) -> dict:
+    """UniMP's search ranks: item-token scores at the answer of each search prompt (`recipes.evaluate` scoring)."""
+    from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+    from recipes.common import ImageCache, render_examples
+    from recipes.evaluate import TRAINING_METRICS, score_examples
+
+    model = UniMPForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = UniMPProcessor.from_pretrained(checkpoint)
+    if list(processor.item_ids) != catalogue.item_ids:
+        raise ValueError(f"{checkpoint}: its catalogue is not this dataset's item table")
+    images = ImageCache(processor.image_processor.size["height"])
+    result = {}
+    for split in ("validation", "test"):
+        examples = render_examples(dataset_dict, processor, tasks=["search"], split=split, task_weights=None,
+                                   images=images)
+        started = time.perf_counter()
+        with torch.no_grad():
+            scores = score_examples(model, processor, examples, batch_size=batch_size)
+        users_per_s = len(examples) / max(time.perf_counter() - started, 1e-9)
+        ranks = rank_of_targets(scores, torch.tensor([example["target_index"] for example in examples])).tolist()
+        result[split] = compute_ranking_metrics_from_ranks(ranks, KS)
+        if split == "test":
+            result.update(ranks=[int(rank) for rank in ranks], users_per_s=users_per_s)
+    recorded = Path(checkpoint) / TRAINING_METRICS  # recipes.train's record: the step count of the run
+    steps = json.loads(recorded.read_text()).get("global_step", 0) if recorded.exists() else 0
+    return {"UniMP": {"variant": f"checkpoint={checkpoint}", "test": result["test"],
+                      "validation": result["validation"], "ranks": result["ranks"],
+                      "users_per_s": result["users_per_s"], "steps": int(steps or 0)}}
+
+
+def selection_records(dataset_dict, catalogue: _Catalogue, split: str, seed: int) -> list[dict]:
+    """Per user of `split`: history ids, 1 + NUM_NEGATIVES candidate ids (negatives with images), the target slot."""
+    touched = collect_touched_item_ids(dataset_dict)
+    pool = [item_id for item_id in catalogue.item_ids if catalogue.items[item_id]["image"] is not None]
+    records = []
+    for row in dataset_dict[split]:
+        rng = random.Random(f"{seed}:select-eval:{split}:{row['user_id']}")
+        candidates, slot = sample_selection_candidates(row["target_item_id"], pool, touched[row["user_id"]],
+                                                       num_negatives=NUM_NEGATIVES, rng=rng)
+        records.append({"user_id": row["user_id"], "history": list(row["history_item_ids"]),
+                        "candidates": candidates, "answer_slot": slot})
+    return records
+
+
+def selection_choices(catalogue: _Catalogue, records: list[dict], seed: int, features: dict,
+                      split: str = "test") -> dict[str, list]:
+    """{model: chosen slot per record} of the random, popularity and most-similar-image baselines."""
+    def feature(item_id):
+        if item_id not in features:
+            features[item_id] = image_pixel_features(catalogue.items[item_id]["image"])
+        return features[item_id]
+
+    choices = {"Random": [], "Pop": [], "Image-nearest-last": []}
+    for record in records:
+        candidates = record["candidates"]
+        choices["Random"].append(random.Random(f"{seed}:random:{split}:{record['user_id']}").randrange(len(candidates)))
+        choices["Pop"].append(choose_best_slot([catalogue.popularity[catalogue.index[c]] for c in candidates]))
+        # the latest history item that has an image (ML-100K: 264 of 1682 films have no poster)
+        last = next((h for h in reversed(record["history"]) if catalogue.items[h]["image"] is not None), None)
+        if last is None:
+            choices["Image-nearest-last"].append(0)
+            continue
+        anchor = feature(last)
+        choices["Image-nearest-last"].append(choose_best_slot([float(feature(c) @ anchor) for c in candidates]))
+    return choices
+
+
+def selection_metrics(chosen: list[int], records: list[dict]) -> dict:
+    answers = [record["answer_slot"] for record in records]
+    metrics = compute_selection_metrics([{f"s_{c}"} for c in chosen], [{f"s_{a}"} for a in answers])
+    return metrics | {"accuracy": compute_selection_accuracy(chosen, answers)}
+
+
+def evaluate_selection(dataset_dict, catalogue: _Catalogue, seed: int) -> dict:
+    features: dict = {}
+    by_split, timings = {}, {}
+    for split in ("validation", "test"):
+        records = selection_records(dataset_dict, catalogue, split, seed)
+        started = time.perf_counter()
+        choices = selection_choices(catalogue, records, seed, features, split)
+        timings[split] = len(records) / max(time.perf_counter() - started, 1e-9)
+        by_split[split] = {name: selection_metrics(chosen, records) for name, chosen in choices.items()}
+    variants = {"Random": "uniform slot", "Pop": "training counts",
+                "Image-nearest-last": "16x16 RGB pixels, centred, cosine to the latest history image"}
+    return {name: {"variant": variant, "test": by_split["test"][name], "validation": by_split["validation"][name],
+                   "ranks": None, "users_per_s": timings["test"]} for name, variant in variants.items()}
+
+
+def result_line(dataset: str, task: str, model: str, entry: dict, seed: int, num_users: int) -> dict:
+    return {"dataset": dataset, "task": task, "model": model, "variant": entry["variant"], "seed": seed,
+            "masking": "none", "split": "test", "metrics": entry["test"], "valid_metrics": entry["validation"],
+            "budget": {"steps": entry.get("steps", 0)}, "train_seconds": 0.0,
+            "eval_users_per_s": round(entry["users_per_s"], 1), "peak_rss_mib": contract.peak_rss_mib(),
+            "commit": contract.git_commit(), "date": contract.utc_now(), "cpu": contract.cpu_info(),
+            "ranks": entry["ranks"], "n_users": num_users,
+            "protocol": "search: category query, full catalogue, pessimistic ties" if task == "search"
+            else f"select: target + {NUM_NEGATIVES} negatives with images, seeded shuffle"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--checkpoint", default=None, help="a UniMP checkpoint trained with the search task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", default=None, help="default benchmarks/results/")
+    parser.add_argument("--no-results", dest="write_results", action="store_false")
+    parser.add_argument("--out", default="outputs/bench/tasks.json")
+    args = parser.parse_args(argv)
+    checkpoint_dataset = None
+    if args.checkpoint:
+        from recipes.evaluate import recorded_settings
+
+        checkpoint_dataset = RECBOLE_NAMES.get(recorded_settings(args.checkpoint).get("dataset"))
+    summary, lines = {}, []
+    for dataset in args.datasets:
+        dataset_dict = load_unimp_dataset(DATASETS[dataset], args.data_dir)
+        catalogue = _Catalogue(dataset_dict)
+        num_users = len(dataset_dict["test"])
+        search = evaluate_search(dataset_dict, catalogue)
+        if args.checkpoint and checkpoint_dataset == dataset:
+            search |= evaluate_search_unimp(args.checkpoint, dataset_dict, catalogue)
+        select = evaluate_selection(dataset_dict, catalogue, args.seed)
+        summary[dataset] = {"search": {name: {k: v for k, v in entry.items() if k != "ranks"}
+                                       if isinstance(entry, dict) and "test" in entry else entry
+                                       for name, entry in search.items()},
+                            "select": {name: {k: v for k, v in entry.items() if k != "ranks"}
+                                       for name, entry in select.items()}}
+        for task, entries in (("search", search), ("select", select)):
+            for model, entry in entries.items():
+                if not model.startswith("_"):
+                    lines.append(result_line(dataset, task, model, entry, args.seed, num_users))
+        for name, entry in search.items():
+            if not name.startswith("_"):
+                print(dataset, "search", name, {k: round(entry["test"][k], 4) for k in ("hr@10", "ndcg@10")})
+        for name, entry in select.items():
+            print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
+    if args.write_results:
+        for path in contract.append_results(lines, args.results_dir):
+            print("appended to", path)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    print("->", args.out)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,186 @@
+"""Baselines of personalized search (reference §4.2) and item selection (reference §4.3), none trained (issue 18).
+
+Search: BM25 over item text, popularity filtered by the query, BM25 re-ranked by the user's history; each gives a
+(num_items,) score row that `metrics_unimp.rank_of_targets` turns into exact full-catalogue ranks, the same path
+as UniMP's item-token scores. Selection: evaluation candidates (the target plus sampled negatives with images,
+shuffled), and the random, popularity and most-similar-image choices of one slot.
+"""
+
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modeling_unimp.image_utils import load_image
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Search (reference §4.2)
+# ---------------------------------------------------------------------------------------------------
+
+
+def tokenize_text(text: str | None) -> list[str]:
+    """Lower-case runs of letters and digits ("Children's Comedy" -> ["children", "s", "comedy"])."""
+    return _TOKEN.findall((text or "").lower())
+
+
+def item_search_text(item: Mapping[str, Any]) -> str:
+    """What BM25 indexes for an item: title, category and attribute values (an "ASIN" identifier left out)."""
+    values = [str(value) for key, value in item.get("attributes") or [] if key != "ASIN" and value]
+    return " ".join([item.get("title") or "", item.get("category") or "", *values])
+
+
+class BM25Index:
+    """Okapi BM25 over a fixed list of documents (token lists).
+
+    For a query with distinct terms q and a document d of |d| tokens (avgdl = mean length, N documents,
+    df(t) = documents holding t, tf(t, d) = count of t in d):
+        idf(t)      = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))      (Lucene's, never negative)
+        score(q, d) = sum_{t in q} idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
+    A query term repeated counts once; a term no document holds adds 0.
+    """
+
+    def __init__(self, documents: Sequence[Sequence[str]], *, k1: float = 1.5, b: float = 0.75):
+        if not documents:
+            raise ValueError("BM25Index needs at least one document")
+        self.num_documents = len(documents)
+        lengths = np.array([len(document) for document in documents], dtype=np.float64)
+        average_length = lengths.mean() if lengths.mean() > 0 else 1.0
+        norms = k1 * (1.0 - b + b * lengths / average_length)
+        self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        by_term: dict[str, list[tuple[int, int]]] = {}
+        for index, document in enumerate(documents):
+            for term, count in Counter(document).items():
+                by_term.setdefault(term, []).append((index, count))
+        for term, entries in by_term.items():
+            indices = np.array([index for index, _ in entries])
+            counts = np.array([count for _, count in entries], dtype=np.float64)
+            df = len(entries)
+            idf = math.log(1.0 + (self.num_documents - df + 0.5) / (df + 0.5))
+            self._postings[term] = (indices, idf * counts * (k1 + 1.0) / (counts + norms[indices]))
+
+    def scores(self, query_terms: Iterable[str]) -> np.ndarray:
+        """(num_documents,) BM25 score of every document for the query's distinct terms."""
+        scores = np.zeros(self.num_documents)
+        for term in set(query_terms):
+            if term in self._postings:
+                indices, weights = self._postings[term]
+                scores[indices] += weights
+        return scores
+
+
+def count_training_popularity(train_rows: Iterable[Mapping[str, Any]]) -> Counter:
+    """item_id -> interactions in the training split (each row's history and target), the Pop baseline's counts."""
+    counts: Counter = Counter()
+    for row in train_rows:
+        counts.update(row["history_item_ids"])
+        counts[row["target_item_id"]] += 1
+    return counts
+
+
+def query_filtered_popularity_scores(query_terms: Iterable[str], item_terms: Sequence[set[str]],
+                                     popularity: np.ndarray) -> np.ndarray:
+    """(num_items,) popularity ranked within the items matching the query first.
+
+    An item matches when its text holds every query term. score = popularity + (max popularity + 1) for a
+    matching item, popularity otherwise: every match ranks above every non-match, each group by popularity.
+    No matching item (or an empty query) leaves plain popularity.
+    """
+    query = set(query_terms)
+    popularity = np.asarray(popularity, dtype=np.float64)
+    match = np.array([bool(query) and query <= terms for terms in item_terms])
+    return popularity + match * (popularity.max(initial=0.0) + 1.0)
+
+
+def tfidf_similarity_matrix(documents: Sequence[Sequence[str]]) -> np.ndarray:
+    """(num_items, num_items) cosine similarity of the items' TF-IDF vectors (idf = ln(N / df)); 0 for empty texts."""
+    vocabulary = {term: n for n, term in enumerate(sorted({term for document in documents for term in document}))}
+    vectors = np.zeros((len(documents), max(len(vocabulary), 1)))
+    for index, document in enumerate(documents):
+        for term, count in Counter(document).items():
+            vectors[index, vocabulary[term]] = count
+    idf = np.log(len(documents) / np.maximum((vectors > 0).sum(axis=0), 1))
+    vectors *= idf
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return vectors @ vectors.T
+
+
+def history_reranked_scores(bm25_scores: np.ndarray, history_indices: Sequence[int], similarity: np.ndarray,
+                            weight: float) -> np.ndarray:
+    """BM25 re-ranked by the history: bm25 / max(bm25) + weight * mean_{h in history} similarity[h, item].
+
+    BM25 is scaled to [0, 1] per query (left as is when its maximum is 0) so that `weight` (λ, chosen on
+    validation) means the same for every query.
+    """
+    top = bm25_scores.max(initial=0.0)
+    scaled = bm25_scores / top if top > 0 else bm25_scores
+    if not len(history_indices):
+        return scaled
+    return scaled + weight * similarity[list(history_indices)].mean(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Selection (reference §4.3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def sample_selection_candidates(target_id: str, pool: Sequence[str], touched: Iterable[str], *,
+                                num_negatives: int, rng: random.Random) -> tuple[list[str], int]:
+    """The target plus `num_negatives` distinct items of `pool` the user never touched, shuffled.
+
+    Returns:
+        (candidate item ids, slot of the target).
+    """
+    excluded = set(touched) | {target_id}
+    allowed = [item_id for item_id in pool if item_id not in excluded]
+    if len(allowed) < num_negatives:
+        raise ValueError(f"only {len(allowed)} untouched items to draw {num_negatives} negatives from")
+    candidates = [target_id, *rng.sample(allowed, num_negatives)]
+    rng.shuffle(candidates)
+    return candidates, candidates.index(target_id)
+
+
+def choose_best_slot(candidate_scores: Sequence[float]) -> int:
+    """The slot with the highest score; ties go to the earliest slot (shuffled candidates: no position bias)."""
+    return int(np.argmax(np.asarray(candidate_scores, dtype=np.float64)))
+
+
+def image_pixel_features(image, *, size: int = 16) -> np.ndarray:
+    """A pixel-space image feature: RGB resized to size x size, flattened, mean-centred, unit length (0 if flat or
+    undecodable)."""
+    decoded = load_image(image, size=size, draft=True)
+    if decoded is None:
+        return np.zeros(size * size * 3)
+    pixels = np.asarray(decoded, dtype=np.float64).reshape(-1)
+    pixels -= pixels.mean()
+    norm = np.linalg.norm(pixels)
+    return pixels / norm if norm > 0 else pixels
+
+
+def compute_selection_accuracy(chosen_slots: Sequence[int], answer_slots: Sequence[int]) -> float:
+    """Fraction of records whose chosen slot is the answer slot (one positive per record)."""
+    if len(chosen_slots) != len(answer_slots) or not answer_slots:
+        raise ValueError(f"need one chosen slot per record, got {len(chosen_slots)} for {len(answer_slots)}")
+    return float(np.mean([chosen == answer for chosen, answer in zip(chosen_slots, answer_slots)]))
+
+
+__all__ = [
+    "BM25Index",
+    "choose_best_slot",
+    "compute_selection_accuracy",
+    "count_training_popularity",
+    "history_reranked_scores",
+    "image_pixel_features",
+    "item_search_text",
+    "query_filtered_popularity_scores",
+    "sample_selection_candidates",
+    "tfidf_similarity_matrix",
+    "tokenize_text",
+]

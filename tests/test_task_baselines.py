@@ -1,0 +1,152 @@
+"""Search and selection baselines (issue 18): BM25, query-filtered popularity, history re-ranking, selection choices."""
+
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.tasks import selection_choices, selection_metrics
+from processing.metrics_unimp import compute_ranking_metrics_from_ranks, rank_of_targets
+from processing.task_baselines import (
+    BM25Index,
+    choose_best_slot,
+    compute_selection_accuracy,
+    count_training_popularity,
+    history_reranked_scores,
+    image_pixel_features,
+    item_search_text,
+    query_filtered_popularity_scores,
+    sample_selection_candidates,
+    tfidf_similarity_matrix,
+    tokenize_text,
+)
+
+DOCUMENTS = [["red", "shirt"], ["blue", "shirt", "shirt"], ["red", "dress"]]  # lengths 2, 3, 2: avgdl 7/3
+IDF_DF2 = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))  # "red" and "shirt" are each in 2 of 3 documents: ln 1.6
+NORM_LEN2 = 1.5 * (0.25 + 0.75 * 2 / (7 / 3))  # k1 (1 - b + b |d| / avgdl) = 1.3392857
+NORM_LEN3 = 1.5 * (0.25 + 0.75 * 3 / (7 / 3))  # = 1.8214286
+
+
+def test_tokenize_and_item_text():
+    assert tokenize_text("Children's Comedy, 1995") == ["children", "s", "comedy", "1995"]
+    item = {"title": "Strap top", "category": "Vest top", "attributes": [("ASIN", "B00X"), ("Color", "Dark")]}
+    assert item_search_text(item) == "Strap top Vest top Dark"
+
+
+def test_bm25_hand_computed():
+    index = BM25Index(DOCUMENTS)
+    red_tf1 = IDF_DF2 * 1 * 2.5 / (1 + NORM_LEN2)  # = 0.502294
+    shirt_tf2 = IDF_DF2 * 2 * 2.5 / (2 + NORM_LEN3)  # = 0.614958
+    assert red_tf1 == pytest.approx(0.502294, abs=1e-6)
+    assert shirt_tf2 == pytest.approx(0.614958, abs=1e-6)
+    np.testing.assert_allclose(index.scores(["red"]), [red_tf1, 0.0, red_tf1])
+    # a repeated query term counts once; "shirt" in d0 has tf 1 and length 2, like "red"
+    np.testing.assert_allclose(index.scores(["red", "shirt", "red"]), [2 * red_tf1, shirt_tf2, red_tf1])
+    np.testing.assert_array_equal(index.scores(["green"]), [0.0, 0.0, 0.0])  # no document holds the term
+
+
+def test_bm25_ties_and_no_match_rank_pessimistically():
+    index = BM25Index(DOCUMENTS)
+    # "red": d0 and d2 tie, so the target d0 ranks 2nd; "green" matches nothing: every item ties, rank 3
+    scores = torch.as_tensor(np.stack([index.scores(["red"]), index.scores(["green"])]))
+    ranks = rank_of_targets(scores, torch.tensor([0, 0]))
+    assert ranks.tolist() == [2, 3]
+    metrics = compute_ranking_metrics_from_ranks(ranks, ks=(1, 5))
+    assert metrics["hr@1"] == 0.0 and metrics["hr@5"] == 1.0
+    assert metrics["mrr@5"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert metrics["ndcg@5"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 2)
+
+
+def test_query_filtered_popularity():
+    terms = [set(document) for document in DOCUMENTS]
+    popularity = np.array([1.0, 5.0, 3.0])
+    # matches (d0, d2) get + (5 + 1): d2 (9) > d0 (7) > d1 (5), although d1 is the most popular
+    np.testing.assert_array_equal(query_filtered_popularity_scores(["red"], terms, popularity), [7.0, 5.0, 9.0])
+    # every query term must be in the item: only d0 holds both
+    np.testing.assert_array_equal(query_filtered_popularity_scores(["red", "shirt"], terms, popularity),
+                                  [7.0, 5.0, 3.0])
+    # no matching item, or no query: plain popularity
+    np.testing.assert_array_equal(query_filtered_popularity_scores(["green"], terms, popularity), popularity)
+    np.testing.assert_array_equal(query_filtered_popularity_scores([], terms, popularity), popularity)
+
+
+def test_count_training_popularity():
+    rows = [{"history_item_ids": ["a", "b"], "target_item_id": "a"}, {"history_item_ids": ["b"], "target_item_id": "c"}]
+    assert count_training_popularity(rows) == {"a": 2, "b": 2, "c": 1}
+
+
+def test_tfidf_similarity_hand_computed():
+    similarity = tfidf_similarity_matrix([["a", "b"], ["a", "c"], ["b"]])
+    # idf a = b = ln 1.5, c = ln 3; v0 = (ln1.5, ln1.5, 0), v1 = (ln1.5, 0, ln3), v2 = (0, ln1.5, 0)
+    l15, l3 = math.log(1.5), math.log(3)
+    assert similarity[0, 2] == pytest.approx(1 / math.sqrt(2))
+    assert similarity[0, 1] == pytest.approx(l15 / (math.sqrt(2) * math.sqrt(l15**2 + l3**2)))  # 0.244830
+    assert similarity[1, 2] == pytest.approx(0.0)
+    np.testing.assert_allclose(np.diag(similarity), 1.0)
+
+
+def test_history_reranked_scores():
+    similarity = np.array([[1.0, 0.2, 0.0], [0.2, 1.0, 0.8], [0.0, 0.8, 1.0]])
+    bm25 = np.array([2.0, 0.0, 1.0])
+    # bm25 / 2 = (1, 0, .5), plus 0.5 * similarity row of the history item 1 = (.1, .5, .4)
+    np.testing.assert_allclose(history_reranked_scores(bm25, [1], similarity, 0.5), [1.1, 0.5, 0.9])
+    # two history items: the mean of their rows; weight 0 is BM25 alone, scaled
+    np.testing.assert_allclose(history_reranked_scores(bm25, [0, 2], similarity, 1.0), [1.5, 0.5, 1.0])
+    np.testing.assert_allclose(history_reranked_scores(bm25, [1], similarity, 0.0), [1.0, 0.0, 0.5])
+    # no BM25 match: the history alone orders the items
+    np.testing.assert_allclose(history_reranked_scores(np.zeros(3), [2], similarity, 2.0), [0.0, 1.6, 2.0])
+
+
+def test_sample_selection_candidates():
+    pool = ["a", "b", "c", "d", "t"]
+    candidates, slot = sample_selection_candidates("t", pool, {"a"}, num_negatives=2, rng=random.Random(3))
+    assert len(candidates) == 3 and candidates[slot] == "t" and "a" not in candidates
+    assert len(set(candidates)) == 3 and set(candidates) - {"t"} <= {"b", "c", "d"}
+    assert sample_selection_candidates("t", pool, {"a"}, num_negatives=2, rng=random.Random(3)) == (candidates, slot)
+    with pytest.raises(ValueError, match="only 2 untouched"):
+        sample_selection_candidates("t", pool, {"a", "b"}, num_negatives=3, rng=random.Random(0))
+
+
+def test_choose_best_slot_and_accuracy():
+    assert choose_best_slot([1.0, 3.0, 3.0]) == 1  # ties: the earliest slot
+    assert compute_selection_accuracy([0, 2, 1], [0, 1, 1]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        compute_selection_accuracy([0], [0, 1])
+
+
+def _gradient(inverted: bool = False) -> Image.Image:
+    row = np.arange(16, dtype=np.uint8) * 16
+    pixels = np.repeat(np.tile(row, (16, 1))[:, :, None], 3, axis=2)
+    return Image.fromarray(255 - pixels if inverted else pixels)
+
+
+def test_image_pixel_features():
+    same, inverted = image_pixel_features(_gradient()), image_pixel_features(_gradient(inverted=True))
+    assert float(same @ image_pixel_features(_gradient())) == pytest.approx(1.0)
+    assert float(same @ inverted) == pytest.approx(-1.0)  # centred: the inverted image points the other way
+    np.testing.assert_array_equal(image_pixel_features(Image.new("RGB", (16, 16), (9, 9, 9))), 0.0)  # flat
+    np.testing.assert_array_equal(image_pixel_features(None), 0.0)  # no image
+
+
+def test_selection_baselines_toy_case():
+    images = {"g": _gradient(), "g2": _gradient(), "inv": _gradient(inverted=True),
+              "flat": Image.new("RGB", (16, 16), (9, 9, 9)), "none": None}
+    ids = list(images)
+    catalogue = SimpleNamespace(items={i: {"image": images[i]} for i in ids}, index={i: n for n, i in enumerate(ids)},
+                                popularity=np.array([1.0, 2.0, 7.0, 3.0, 0.0]))
+    records = [  # the latest history item has no image: the one before it ("g") is the anchor
+        {"user_id": "u1", "history": ["g", "none"], "candidates": ["inv", "flat", "g2"], "answer_slot": 2},
+        {"user_id": "u2", "history": ["none"], "candidates": ["g2", "inv", "flat"], "answer_slot": 1},
+    ]
+    choices = selection_choices(catalogue, records, seed=0, features={})
+    assert choices["Image-nearest-last"] == [2, 0]  # u2 has no history image: slot 0
+    assert choices["Pop"] == [0, 1]  # "inv" is the most popular
+    assert all(0 <= slot < 3 for slot in choices["Random"])
+    assert choices["Random"] == selection_choices(catalogue, records, seed=0, features={})["Random"]
+    metrics = selection_metrics(choices["Pop"], records)
+    # one chosen slot and one positive: precision = recall = F1 = accuracy = 1/2
+    assert metrics == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy": 0.5})
