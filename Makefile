@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks clean
+.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m recipes.demo
+
+# The Space (app/app.py, issue 15) on the demo checkpoint, http://127.0.0.1:7860; trains it first if missing.
+# Headless Chromium (Debian's package) is what tests/test_app.py renders the page with.
+APP_CHECKPOINT ?= outputs/ml100k_tiny
+app: $(STAMP)
+	$(BIN)/python -c "import gradio" 2>/dev/null || $(BIN)/pip install -q -e '.[app]'
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) || \
+	  echo "chromium not installed: tests/test_app.py will skip its browser check"
+	test -f $(APP_CHECKPOINT)/config.json || $(BIN)/python -m recipes.demo
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app/app.py $(APP_CHECKPOINT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -125,7 +135,7 @@ bench-tasks: $(STAMP)
 	nice -n 15 $(BIN)/python -m benchmarks.tasks $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 lint: $(STAMP)
-	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks
+	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks app
 
 clean:
 	rm -rf $(VENV) outputs cache
