@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None):
                         help=f"save the dataset's users as {USERS_FILE} next to the checkpoint (for a Space) and exit")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
-    if not Path(checkpoint).exists() and "/" in checkpoint and not checkpoint.startswith(("outputs", ".")):
+    if not Path(checkpoint).exists() and checkpoint.count("/") == 1 and not checkpoint.startswith(("outputs", ".")):
         from huggingface_hub import snapshot_download
 
         checkpoint = snapshot_download(checkpoint)  # a Space: the model repo, users.jsonl included
