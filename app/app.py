@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None):
                         help=f"save the dataset's users as {USERS_FILE} next to the checkpoint (for a Space) and exit")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
-    if not Path(checkpoint).exists() and checkpoint.count("/") == 1 and not checkpoint.startswith(("outputs", ".")):
+    is_hub_id = checkpoint.count("/") == 1 and not checkpoint.startswith(("/", "outputs", "."))
+    if not Path(checkpoint).exists() and is_hub_id:
         from huggingface_hub import snapshot_download
 
         checkpoint = snapshot_download(checkpoint)  # a Space: the model repo, users.jsonl included
