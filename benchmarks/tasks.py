@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--checkpoint", default=None, help="a UniMP checkpoint trained with the search task")
+    parser.add_argument("--unimp-only", action="store_true",
+                        help="with --checkpoint: write only UniMP's result line (the baselines' are already there)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default=None, help="default benchmarks/results/")
     parser.add_argument("--no-results", dest="write_results", action="store_false")
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(dataset, "search", name, {k: round(entry["test"][k], 4) for k in ("hr@10", "ndcg@10")})
         for name, entry in select.items():
             print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
+    if args.unimp_only:
+        lines = [line for line in lines if line["model"] == "UniMP"]
     if args.write_results:
         for path in contract.append_results(lines, args.results_dir):
             print("appended to", path)
