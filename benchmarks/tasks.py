@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
         from recipes.evaluate import recorded_settings
 
         checkpoint_dataset = RECBOLE_NAMES.get(recorded_settings(args.checkpoint).get("dataset"))
+        if checkpoint_dataset not in args.datasets:
+            parser.error(f"{args.checkpoint} was trained on {checkpoint_dataset!r}, not one of --datasets "
+                         f"{args.datasets}")
     summary, lines = {}, []
     for dataset in args.datasets:
         dataset_dict = load_unimp_dataset(DATASETS[dataset], args.data_dir)

@@ -150,3 +150,45 @@ def test_selection_baselines_toy_case():
     metrics = selection_metrics(choices["Pop"], records)
     # one chosen slot and one positive: precision = recall = F1 = accuracy = 1/2
     assert metrics == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy": 0.5})
+
+
+def _toy_catalogue():
+    items = {"0": {"title": "red shirt"}, "1": {"title": "blue shirt shirt"}, "2": {"title": "red dress"}}
+    similarity = tfidf_similarity_matrix(DOCUMENTS)
+    return SimpleNamespace(items=items, item_ids=list(items), index={i: n for n, i in enumerate(items)},
+                           bm25=BM25Index(DOCUMENTS), terms=[set(d) for d in DOCUMENTS], similarity=similarity,
+                           popularity=np.array([1.0, 5.0, 3.0]))
+
+
+def test_search_scores_and_ranks_toy_case():
+    from benchmarks.tasks import LAMBDAS, ranks_of, search_scores
+
+    catalogue = _toy_catalogue()
+    records = [{"query": "red", "history": [{"item_id": "1"}], "target": {"item_id": "2"}},
+               {"query": "green", "history": [{"item_id": "0"}], "target": {"item_id": "0"}}]
+    scores = search_scores(catalogue, records)
+    assert set(scores) == {"BM25", "Pop", "Pop-query", *(f"BM25+history@{w}" for w in LAMBDAS)}
+    # "red": d0 and d2 tie under BM25 (target d2 ranks 2nd, ties against it); Pop-query puts d2 (pop 3) first;
+    # "green" matches nothing: BM25 ties everything (rank 3), Pop-query falls back to popularity (d0 last)
+    assert ranks_of(scores["BM25"], catalogue, records) == [2, 3]
+    assert ranks_of(scores["Pop-query"], catalogue, records) == [1, 3]
+    assert ranks_of(scores["Pop"], catalogue, records) == [2, 3]
+    # λ = 1, history d1 ("blue shirt shirt"): similarity row (0.42, 1, 0) (it shares "shirt" with d0 only), so
+    # (1, 0, 1) + row = (1.42, 1, 1): the history item itself now ties the target d2, which ranks 3rd
+    assert catalogue.similarity[1] == pytest.approx([0.419934, 1.0, 0.0], abs=1e-6)
+    assert ranks_of(scores["BM25+history@1.0"], catalogue, records) == [3, 1]
+
+
+def test_result_lines_meet_the_contract():
+    from benchmarks import results as contract
+    from benchmarks.tasks import result_line
+
+    metrics = compute_ranking_metrics_from_ranks([1, 4], ks=contract.KS)
+    search = {"variant": "default", "test": metrics, "validation": metrics, "ranks": [1, 4], "users_per_s": 10.0}
+    select = {"variant": "uniform slot", "test": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "accuracy": 0.5},
+              "validation": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0}, "ranks": None,
+              "users_per_s": 10.0}
+    for task, entry in (("search", search), ("select", select)):
+        line = contract.validate_line(result_line("hm", task, "BM25", entry, seed=0, num_users=2))
+        assert line["task"] == task and line["budget"] == {"steps": 0} and line["masking"] == "none"
+    assert search["test"]["mrr@5"] == pytest.approx((1 + 1 / 4) / 2)
