@@ -1,6 +1,8 @@
 """Test session set-up: offline Hugging Face stack, temp caches, seeded torch (STYLE.md §7)."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 # Set before any Hugging Face import: the libraries read these at import time.
@@ -55,6 +57,30 @@ def assert_updates_match(actual: dict, expected: dict) -> None:
     atol = torch.finfo(torch.float32).eps * 1e3 * scale
     for name, update in expected.items():
         torch.testing.assert_close(actual[name], update, rtol=1e-3, atol=atol, msg=name)
+
+
+def set_gates(model, value: float):
+    """Fill every tanh gate of the cross-attention blocks (0 = the bare LM; > 0 lets images move the scores)."""
+    for block in model.model.gated_cross_attn:
+        block.attn_gate.data.fill_(value)
+        block.ff_gate.data.fill_(value)
+    return model
+
+
+def without_package_prelude() -> str:
+    """Python source that leaves only site-packages importable: run with `python -I -S -c prelude + script`, neither
+    the cwd nor the editable install's finder puts `modeling_unimp`/`processing` on the path (remote-code checks)."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    return (f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path "
+            f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n")
+
+
+def run_without_package(script: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter that cannot import this repository's packages; fails the test on error."""
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", without_package_prelude() + script], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def make_tiny_config(**overrides):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, set_gates
 from PIL import Image
 from transformers import pipeline
 
@@ -33,9 +33,7 @@ def catalogue(tiny_tokenizer):
     torch.manual_seed(0)
     model = UniMPForConditionalGeneration(make_tiny_config()).eval()
     processor.prepare_model(model)
-    for block in model.model.gated_cross_attn:
-        block.attn_gate.data.fill_(0.5)
-        block.ff_gate.data.fill_(0.5)
+    set_gates(model, 0.5)  # open gates: images move the scores
     return model, processor
 
 

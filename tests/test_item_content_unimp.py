@@ -2,14 +2,11 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, run_without_package, set_gates
 from PIL import Image
 from transformers import AutoModel, BertConfig, BertModel, pipeline
 
@@ -64,9 +61,7 @@ def _content_model(tiny_tokenizer, text_encoder, posters, representation):
     model = UniMPForConditionalGeneration(make_tiny_config(item_representation=representation,
                                                            item_text_feature_dim=16)).eval()
     processor.prepare_model(model)
-    for block in model.model.gated_cross_attn:  # open gates, so images move the scores
-        block.attn_gate.data.fill_(0.5)
-        block.ff_gate.data.fill_(0.5)
+    set_gates(model, 0.5)  # open gates: images move the scores
     attach_item_content(model, processor, text_encoder=text_encoder)
     return model, processor
 
@@ -260,12 +255,7 @@ def test_content_checkpoints_with_added_items_serve_as_remote_code_without_the_p
         print(json.dumps(out))
         """
     )
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
-        f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", runner + script], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_package(script, cwd=tmp_path)
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     for folder, local in expected.items():
         for remote_row, local_row in zip(remote[folder], local):

@@ -1,13 +1,10 @@
 """Model invariants of STYLE.md §7 and issue 2, on a tiny model built in code."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import IMAGE_TOKEN_ID, assert_updates_match, make_tiny_config
+from conftest import IMAGE_TOKEN_ID, assert_updates_match, make_tiny_config, run_without_package, set_gates
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, LlamaForCausalLM
 
@@ -22,9 +19,7 @@ FIRST_IMAGE, SECOND_IMAGE = 2, 5
 
 def _model(gate: float = 0.0, **overrides) -> UniMPForConditionalGeneration:
     model = UniMPForConditionalGeneration(make_tiny_config(**overrides)).eval()
-    for block in model.model.gated_cross_attn:
-        block.attn_gate.data.fill_(gate)
-        block.ff_gate.data.fill_(gate)
+    set_gates(model, gate)
     return model
 
 
@@ -211,20 +206,7 @@ def test_trust_remote_code_loads_in_a_process_without_the_package(tmp_path):
         print(type(model).__module__)
         """
     )
-    env = {**os.environ, "PYTHONPATH": ""}
-    # -IMG: isolated mode, so neither the cwd nor the editable install's finder puts the package on the path.
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
-        f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", runner + script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_package(script, cwd=tmp_path)
     assert "transformers_modules" in result.stdout
     # another process may pick other CPU kernels: equal up to float32 rounding
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-6)

@@ -2,14 +2,11 @@
 recipes.train writes carries (processor in checkpoint-N/, custom_pipelines, generation config, TensorBoard logs)."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_without_package
 from PIL import Image
 
 from processing.datasets_unimp import load_unimp_dataset, rating_to_token_scale
@@ -142,12 +139,7 @@ def test_trained_folder_runs_the_pipeline_with_and_without_the_package(trained):
         print(type(recommend).__module__)
         print(json.dumps(recommend(["i0", "i2"], top_k=3)))
         """)
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
-        f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", runner + script], cwd=trained["work"],
-                            env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_package(script, cwd=trained["work"])
     module, output = result.stdout.strip().splitlines()[-2:]
     assert module.startswith("transformers_modules.")
     remote = json.loads(output)

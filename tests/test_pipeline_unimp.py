@@ -4,13 +4,11 @@ import copy
 import doctest
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, run_without_package, set_gates
 from PIL import Image
 from transformers import pipeline
 
@@ -41,9 +39,7 @@ def catalogue(tmp_path_factory, tiny_tokenizer):
     torch.manual_seed(0)
     model = UniMPForConditionalGeneration(make_tiny_config()).eval()
     processor.prepare_model(model)
-    for block in model.model.gated_cross_attn:  # open gates, so images move the scores
-        block.attn_gate.data.fill_(0.5)
-        block.ff_gate.data.fill_(0.5)
+    set_gates(model, 0.5)  # open gates: images move the scores
     return model, processor
 
 
@@ -323,13 +319,7 @@ def test_remote_code_pipeline_runs_in_a_process_without_the_package(catalogue, r
         print(json.dumps(recommend({histories!r}, top_k=5)))
         """
     )
-    # -I -S: isolated mode, so neither the cwd nor the editable install's finder puts the package on the path.
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    runner = f"import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path " \
-        f"if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", runner + script], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_package(script, cwd=tmp_path)
     module, output = result.stdout.strip().splitlines()[-2:]
     assert module.startswith("transformers_modules.") and module.endswith(".pipeline_unimp")
     for remote, local in zip(json.loads(output), recommend(histories, top_k=5)):

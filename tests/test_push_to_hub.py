@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, make_tiny_config
+from conftest import REPO_ROOT, make_tiny_config, set_gates, without_package_prelude
 from fake_hub import iter_fake_hub
 from PIL import Image
 from transformers import pipeline
@@ -30,10 +30,6 @@ TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat", "Heat
 POSTER_SIZE = (24, 36)
 LICENCE = "Test terms: research use only; do not redistribute the data outside this project."
 TRAINING_CONFIG = "model_preset: tiny\nmax_history_items: 10\nlearning_rate: 1.0e-3\n"
-RUNNER_WITHOUT_PACKAGE = (  # -I -S with site-packages only: neither the cwd nor the editable install is importable
-    "import sys; sys.path[:0] = {site!r}; sys.meta_path[:] = [f for f in sys.meta_path "
-    "if 'editable' not in type(f).__module__ and 'editable' not in getattr(f, '__name__', '')]\n"
-)
 
 
 def _write_tiny_ml100k(folder: Path) -> None:
@@ -69,9 +65,7 @@ def source(tmp_path_factory, tiny_tokenizer):
     torch.manual_seed(0)
     model = UniMPForConditionalGeneration(make_tiny_config()).eval()
     processor.prepare_model(model)
-    for block in model.model.gated_cross_attn:  # open gates: the posters move the scores
-        block.attn_gate.data.fill_(0.5)
-        block.ff_gate.data.fill_(0.5)
+    set_gates(model, 0.5)  # open gates: images move the scores
     metrics = evaluate_recommendation(model, processor, dataset_dict, split="test", ks=(1, 3))
     metrics.update(dataset="ml-100k-posters", protocol="leave_one_out", tasks=["rec"], split="test", global_step=3)
     checkpoint = work / "checkpoint"
@@ -163,9 +157,7 @@ def published(fake_hub, source):
         if mode == "package":
             args = [str(work / "client.py"), *client_args, mode]
         else:
-            site = [p for p in sys.path if p.endswith("site-packages")]
-            runner = RUNNER_WITHOUT_PACKAGE.format(site=site)
-            code = runner + f"sys.argv = ['client.py', *{[*client_args, mode]!r}]\n" + CLIENT
+            code = without_package_prelude() + f"sys.argv = ['client.py', *{[*client_args, mode]!r}]\n" + CLIENT
             args = ["-I", "-S", "-c", code]
         proc = fake_hub.run_python(args, home=work / f"{mode}_home", cwd=work, timeout=240)
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
