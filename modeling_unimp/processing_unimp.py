@@ -119,6 +119,8 @@ class UniMPProcessor(ProcessorMixin):
         vq_model_name_or_path: str | None = None,
         image_generation_max_history_items: int | None = None,
         training_data_licences: dict[str, str] | None = None,
+        max_position_embeddings: int | None = None,
+        has_repeat_interactions: bool | None = None,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -144,6 +146,11 @@ class UniMPProcessor(ProcessorMixin):
         # dataset name -> its terms of use, recorded by training (recipes.common.record_training_data_licence): the
         # catalogue carries the data's item ids and titles, so push_to_hub refuses a public push where they forbid it
         self.training_data_licences = dict(training_data_licences or {})
+        # the text model's positions (prepare_model records them): a longer prompt is truncated with a warning
+        self.max_position_embeddings = None if max_position_embeddings is None else int(max_position_embeddings)
+        # whether the training split had repeated user-item pairs (recipes.train records it); None: unknown. The
+        # recommendation pipeline excludes seen items by default when it is False (`default_exclude_history`)
+        self.has_repeat_interactions = None if has_repeat_interactions is None else bool(has_repeat_interactions)
         self.item_ids = list(item_ids or [])
         self.item_titles = list(item_titles) if item_titles is not None else [""] * len(self.item_ids)
         self.item_images = list(item_images) if item_images is not None else [None] * len(self.item_ids)
@@ -224,6 +231,12 @@ class UniMPProcessor(ProcessorMixin):
         )
 
     @property
+    def default_exclude_history(self) -> bool:
+        """True when the training data had no repeated user-item pairs (a seen item is never the answer), else
+        False (also when unknown: processors saved before it was recorded keep the sequential convention)."""
+        return self.has_repeat_interactions is False
+
+    @property
     def num_items(self) -> int:
         return len(self.item_ids)
 
@@ -278,6 +291,8 @@ class UniMPProcessor(ProcessorMixin):
             model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         token_ids = self.model_token_ids()
         text_config = model.config.get_text_config()  # what Trainer's align_special_tokens compares with
+        if getattr(text_config, "max_position_embeddings", None):
+            self.max_position_embeddings = int(text_config.max_position_embeddings)
         for name, value in token_ids.items():
             setattr(model.config, name, value)
             if name in ("pad_token_id", "bos_token_id", "eos_token_id") and text_config is not model.config:
@@ -390,8 +405,11 @@ class UniMPProcessor(ProcessorMixin):
         padding_side: str = "right",
         add_bos: bool = True,
         add_eos: bool = False,
-        return_tensors: str = "pt",
+        return_tensors: str | None = "pt",
         return_pixel_values: bool = True,
+        padding: bool | str = True,
+        truncation: bool | str = False,
+        max_length: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Encode prompts and their images.
@@ -405,9 +423,31 @@ class UniMPProcessor(ProcessorMixin):
                 reference §2.1); EOS ends training targets.
             return_pixel_values: False skips decoding and preprocessing (the caller brings encoded images, e.g.
                 `UniMPImageCache`); `image_attention_mask` then treats every non-None image as present.
+            return_tensors: "pt" (default), "np", or None (nested Python lists).
+            padding: True / "longest" (default), "max_length" (to `max_length`), or False (no padding: rows of
+                different lengths need `return_tensors=None`).
+            truncation, max_length: with `truncation=True`, a prompt longer than `max_length` tokens loses its
+                OLDEST history items first, whole `<|endofchunk|>` chunks with their images; the question and the
+                answer marker (the chunk holding the last `<answer>`) are never cut. A prompt longer than the
+                model's positions (`max_position_embeddings`, else the tokenizer's `model_max_length`) is truncated
+                the same way, with a warning.
         Returns: `input_ids`, `attention_mask` (B, T); `pixel_values` (B, N, 3, H, W) zero-padded to the batch's
             max N; `image_attention_mask` (B, T, N), True where token t uses image n.
         """
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if padding not in (True, False, "longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral)
+                                       or max_length < 1):
+            raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+        if truncation not in (False, True, "longest_first", "only_first", "do_not_truncate"):
+            raise ValueError(f"truncation must be True or False, got {truncation!r}")
+        truncate = truncation not in (False, "do_not_truncate")
+        if truncate and max_length is None:
+            raise ValueError("truncation=True needs max_length (the token budget per prompt)")
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length")
         if text is None:
             raise ValueError("UniMPProcessor needs `text`")
         texts = [text] if isinstance(text, str) else list(text)
@@ -417,7 +457,7 @@ class UniMPProcessor(ProcessorMixin):
             images = [images]
         if len(images) != len(texts):
             raise ValueError(f"{len(texts)} prompts but {len(images)} image lists; pass one list per prompt")
-        token_lists = []
+        token_lists, images = [], [list(row_images) for row_images in images]
         for row, (prompt, row_images) in enumerate(zip(texts, images)):
             self._check_numbered_tokens(prompt, row)
             ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -427,12 +467,81 @@ class UniMPProcessor(ProcessorMixin):
                     f"prompt {row} has {num_image_tokens} <image> tokens but {len(row_images)} images; "
                     "give one image (or None) per item"
                 )
+            extra = int(add_bos) + int(add_eos)
+            if truncate and len(ids) + extra > max_length:
+                ids, dropped = self._drop_oldest_chunks(ids, max_length - extra, row)
+                del row_images[:dropped]
+            positions = self.model_max_positions
+            if positions is not None and len(ids) + extra > positions:
+                length = len(ids) + extra
+                ids, dropped = self._drop_oldest_chunks(ids, positions - extra, row)
+                del row_images[:dropped]
+                warnings.warn(f"prompt {row} has {length} tokens, more than the model's {positions} positions: its "
+                              f"oldest history items were dropped ({len(ids) + extra} tokens left)")
             ids = ([self.tokenizer.bos_token_id] if add_bos else []) + ids
             ids = ids + ([self.tokenizer.eos_token_id] if add_eos else [])
             token_lists.append(ids)
-        batch = self._pad(token_lists, padding_side)
+        lengths = [len(ids) for ids in token_lists]
+        target = max(lengths)
+        if padding == "max_length":
+            target = max(target, max_length)
+        batch = self._pad(token_lists, padding_side, target)
         batch.update(self._encode_images(images, batch["input_ids"], return_pixel_values))
+        if padding in (False, "do_not_pad") and len(set(lengths)) > 1:
+            if return_tensors is not None:
+                raise ValueError("padding=False gives rows of different lengths; pass padding=True or "
+                                 "return_tensors=None")
+            rows = [slice(0, n) if padding_side == "right" else slice(target - n, target) for n in lengths]
+            out = {key: [value[row][span].tolist() if key != "pixel_values" else value[row].tolist()
+                         for row, span in enumerate(rows)] for key, value in batch.items()}
+            return BatchFeature(out, tensor_type=None)
+        if return_tensors == "np":
+            batch = {key: value.numpy() for key, value in batch.items()}
+        elif return_tensors is None:
+            batch = {key: value.tolist() for key, value in batch.items()}
         return BatchFeature(batch, tensor_type=None)
+
+    @property
+    def model_max_positions(self) -> int | None:
+        """The longest prompt the model takes: its `max_position_embeddings` when recorded (`prepare_model`), else
+        the tokenizer's `model_max_length` unless that is the "no limit" sentinel; None when unknown."""
+        if getattr(self, "max_position_embeddings", None):
+            return self.max_position_embeddings
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return int(limit) if isinstance(limit, int) and limit < 10**12 else None
+
+    def _drop_oldest_chunks(self, ids: list[int], budget: int, row: int) -> tuple[list[int], int]:
+        """Drop whole history chunks (each ending at `<|endofchunk|>`), oldest first, until `ids` fits `budget`.
+
+        Kept always: plain text before the first chunk's content (e.g. "User history:"), the chunk holding the last
+        `<answer>` (the question and the answer marker) and all after it, and selection candidates. A leading
+        `<answer>` left by a dropped chunk (the next_item layout) goes too.
+        Returns: (the kept ids, the number of `<image>` tokens dropped: the row's oldest images).
+        """
+        end = self.tokenizer.convert_tokens_to_ids(END_OF_CHUNK_TOKEN)
+        answer = self.tokenizer.convert_tokens_to_ids(ANSWER_TOKEN)
+        image = self.image_token_id
+        protected = {answer, image, end, *self.tokenizer.convert_tokens_to_ids(list(SELECTION_TOKENS))}
+        start = self.item_token_start_id
+        is_item = (lambda t: start <= t < start + self.num_items) if start is not None else (lambda t: False)
+        last_answer = max((n for n, t in enumerate(ids) if t == answer), default=len(ids))
+        preamble = 0  # plain text before the first item (no structural token in it)
+        while preamble < len(ids) and ids[preamble] not in protected and not is_item(ids[preamble]):
+            preamble += 1
+        head, rest = ids[:preamble], ids[preamble:]
+        last_answer -= preamble
+        selection = set(self.tokenizer.convert_tokens_to_ids(list(SELECTION_TOKENS)))
+        dropped_images = 0
+        while len(head) + len(rest) > budget:
+            chunk_end = rest.index(end) + 1 if end in rest else None
+            if chunk_end is None or chunk_end > last_answer or selection & set(rest[:chunk_end]):
+                raise ValueError(f"prompt {row} needs more than {budget} tokens without its history (the question "
+                                 "and answer marker are never truncated); raise max_length or shorten the question")
+            dropped_images += rest[:chunk_end].count(image)
+            rest, last_answer = rest[chunk_end:], last_answer - chunk_end
+            if rest and rest[0] == answer and last_answer > 0:  # next_item layout: the dropped item's label marker
+                rest, last_answer = rest[1:], last_answer - 1
+        return head + rest, dropped_images
 
     def _check_numbered_tokens(self, prompt: str, row: int) -> None:
         """`ValueError` for an `<item_k>` or `<img_c>` outside this processor's vocabulary."""
@@ -446,10 +555,10 @@ class UniMPProcessor(ProcessorMixin):
                                  f"processor ({count} {what}: {known}); an out-of-range token would be read as "
                                  "plain characters")
 
-    def _pad(self, token_lists: list[list[int]], padding_side: str) -> dict[str, torch.Tensor]:
+    def _pad(self, token_lists: list[list[int]], padding_side: str, length: int | None = None) -> dict:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        length = max(len(ids) for ids in token_lists)
+        length = length or max(len(ids) for ids in token_lists)
         input_ids = torch.full((len(token_lists), length), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(token_lists), length), dtype=torch.long)
         for row, ids in enumerate(token_lists):
