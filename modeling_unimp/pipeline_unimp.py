@@ -6,11 +6,14 @@ it from a checkpoint.
 
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
 from .catalogue_cache import UniMPImageCache
@@ -89,9 +92,10 @@ def generate_rating_answers(model, tokenizer, inputs: Mapping, *, num_beams: int
     first = torch.zeros(batch, vocab_size, dtype=torch.bool)
     first[:, tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))] = True
     allowed = UniMPAllowedTokens(first, None, prompt_length)
-    return model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), do_sample=False,
-                          num_beams=num_beams, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=answer_end_token_ids(tokenizer), **generate_kwargs)
+    settings = {"do_sample": False, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
+                "pad_token_id": tokenizer.pad_token_id, "eos_token_id": answer_end_token_ids(tokenizer),
+                **generate_kwargs}
+    return model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), **settings)
 
 
 def _cut_at_answer_end(tokenizer, token_ids: Sequence[int]) -> list[int]:
@@ -129,7 +133,11 @@ class UniMPRecommendPipeline(Pipeline):
       Returns `{"rating", "explanation", "generated_text"}`; the first generated token is constrained to a rating.
     - "select": which of 1-5 `candidates` suit the user (§4.3); returns `{"slots", "item_ids", "generated_text"}`.
 
-    A list of histories (or records) is a batch: left-padded and scored `batch_size` at a time. An unknown item id
+    A list of histories (or records) is a batch: left-padded and scored `batch_size` at a time (default 16); a
+    `datasets` column (`KeyDataset(dataset, "history")`) or a generator streams through the base
+    `Pipeline.__call__` the same way. `exclude_history` defaults to `processor.default_exclude_history` (True when
+    the training data had no repeated user-item pairs); other keywords (`temperature`, `do_sample`, ...) go to
+    `generate` for the generating tasks (exp, select). An unknown item id
     raises `KeyError` naming it, an empty history `ValueError`; an image that does not decode makes its item
     text-only, with a warning.
 
@@ -203,8 +211,11 @@ class UniMPRecommendPipeline(Pipeline):
         num_beams: int | None = None,
         max_new_tokens: int | None = None,
         exclude_history: bool | None = None,
+        **generate_kwargs,
     ):
         preprocess, forward, postprocess = {}, {}, {}
+        if generate_kwargs:  # e.g. temperature, do_sample: passed to `generate` where the task generates
+            forward["generate_kwargs"] = generate_kwargs
         if task is not None:
             if task not in TASKS:
                 raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -235,47 +246,57 @@ class UniMPRecommendPipeline(Pipeline):
         return preprocess, forward, postprocess
 
     # ------------------------------------------------------------------ calling
-    def __call__(self, inputs, *, batch_size: int | None = None, **kwargs):
-        """Recommend for one history (a list of ids or item dicts, or a record dict) or a list of them.
+    def __call__(self, inputs, *args, batch_size: int | None = None, **kwargs):
+        """Recommend for one history (a list of ids or item dicts, or a record dict), a list of them, a `datasets`
+        column (`KeyDataset`) or a generator of them; the base `Pipeline.__call__` does the rest (one record per
+        `preprocess`, `batch_size` records per forward pass).
 
         Args:
-            inputs: a history, a record `{"history", "task"?, "query"?, "target"?, "candidates"?}`, or a list of
-                histories/records (a batch).
-            batch_size: records per forward pass (default 16, or the pipeline's `batch_size`).
+            inputs: a history, a record `{"history", "task"?, "query"?, "target"?, "candidates"?}`, or a list,
+                `KeyDataset` or generator of histories/records.
+            batch_size: records per forward pass (a list defaults to 16, or the pipeline's `batch_size`).
             kwargs: `task`, `query`, `target`, `candidates` (defaults for every record), `top_k` (10),
                 `method` ("exact" | "beam"), `max_history_items` (default: the processor's, the training window),
-                `exclude_history` (False: seen items stay rankable, the sequential convention), `num_beams`,
-                `max_new_tokens`, `items`, `image_root`.
-        Returns: one result for one history, a list of results for a batch (see the class docstring).
+                `exclude_history` (default: `processor.default_exclude_history`, True when the training data had no
+                repeated user-item pairs), `num_beams`, `max_new_tokens`, `items`, `image_root`; other keywords
+                (e.g. `temperature`, `do_sample`) go to `generate` where the task generates.
+        Returns: one result for one history, a list of results for a list, an iterator for a dataset or generator.
         """
-        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
-        preprocess_params = {**self._preprocess_params, **preprocess_params}
-        forward_params = {**self._forward_params, **forward_params}
-        postprocess_params = {**self._postprocess_params, **postprocess_params}
-        defaults = {name: preprocess_params.pop(name) for name in ("task", "query", "target", "candidates")
-                    if name in preprocess_params}
-        records, single = _as_records(inputs)
-        records = [_with_defaults(record, defaults) for record in records]
-        batch_size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
-        results: list = [None] * len(records)
-        for task in TASKS:  # one task per forward pass: each task decodes differently
-            positions = [n for n, record in enumerate(records) if record["task"] == task]
-            for start in range(0, len(positions), batch_size):
-                chunk = positions[start : start + batch_size]
-                model_inputs = self.preprocess([records[n] for n in chunk], **preprocess_params)
-                model_outputs = self.forward(model_inputs, **forward_params)
-                for n, result in zip(chunk, self.postprocess(model_outputs, **postprocess_params)):
-                    results[n] = result
-        return results[0] if single else results
+        if isinstance(inputs, (Mapping, list, tuple, str)) or not hasattr(inputs, "__iter__") and not isinstance(
+                inputs, TorchDataset):  # a torch Dataset (KeyDataset) or a generator goes to the base as is
+            records, single = _as_records(inputs)
+            inputs = records[0] if single else records
+            if not single and batch_size is None and self._batch_size is None:
+                batch_size = DEFAULT_BATCH_SIZE
+        return super().__call__(inputs, *args, batch_size=batch_size, **kwargs)
 
-    def preprocess(self, records: list[dict], max_history_items: int | None = None, items=None,
-                   image_root: str | None = None) -> dict:
-        """Records of one task -> the processor's left-padded batch plus what decoding needs."""
-        task = records[0]["task"]
+    def get_iterator(self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params,
+                     postprocess_params):
+        """The base iterator with this pipeline's collation (records of mixed tasks and image counts)."""
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=_collate_records)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def preprocess(self, inputs, max_history_items: int | None = None, items=None, image_root: str | None = None,
+                   task: str | None = None, **defaults) -> dict:
+        """One history or record -> its rendered prompt (text and pixel images) plus what decoding needs; the
+        prompts are tokenised and left-padded per batch in `_forward`. Each value is a one-row list (collation)."""
+        records, single = _as_records(inputs)
+        if not single:
+            raise ValueError("preprocess takes one history or record; a list of histories is a batch for __call__")
+        if task is not None:
+            defaults["task"] = task
+        record = _with_defaults(records[0], defaults)
+        task = record["task"]
         max_history_items = max_history_items or self.processor.max_history_items  # the training window
         prompts, history_indices, candidate_ids = [], [], []
-        for row, record in enumerate(records):
-            where = f"input {row}" if len(records) > 1 else "input"
+        for row, record in enumerate([record]):
+            where = "input"
             history = record.get("history")
             if history is not None and not isinstance(history, (list, tuple)):
                 raise ValueError(f"{where}: `history` must be a list of item ids or item dicts, got "
@@ -306,16 +327,43 @@ class UniMPRecommendPipeline(Pipeline):
                     for n, entry in enumerate(candidates)
                 ]
                 candidate_ids.append([item.get("item_id") for item in prompt_record["candidates"]])
+            if task != "select":
+                candidate_ids.append([])
             prompts.append(self.processor.render_prompt(prompt_record))
             history_indices.append(sorted({self.processor.item_index(item["item_id"]) for item in resolved
                                            if item.get("item_id") is not None and self._is_known(item["item_id"])}))
-        batch = self.processor(text=[p["text"] for p in prompts], images=[self._pixels(p["images"]) for p in prompts],
-                               padding_side="left")
-        return {"model_inputs": dict(batch), "task": task, "history_indices": history_indices,
-                "candidate_ids": candidate_ids}
+        return {"text": [p["text"] for p in prompts], "images": [self._pixels(p["images"]) for p in prompts],
+                "task": [task], "history_indices": history_indices, "candidate_ids": candidate_ids}
+
+    def _exclude_history_default(self, exclude_history: bool | None) -> bool:
+        if exclude_history is not None:
+            return exclude_history
+        return bool(getattr(self.processor, "default_exclude_history", False))
 
     def _forward(self, model_inputs: dict, method: str = "exact", top_k: int = 10, num_beams: int | None = None,
-                 max_new_tokens: int | None = None, exclude_history: bool = False) -> dict:
+                 max_new_tokens: int | None = None, exclude_history: bool | None = None,
+                 generate_kwargs: dict | None = None) -> dict:
+        """A collated batch (records of any tasks) -> {"rows": one output dict per record, in input order}."""
+        exclude_history = self._exclude_history_default(exclude_history)
+        rows: list = [None] * len(model_inputs["task"])
+        for task in TASKS:  # one task per forward pass: each task decodes differently
+            positions = [n for n, name in enumerate(model_inputs["task"]) if name == task]
+            if not positions:
+                continue
+            batch = self.processor(text=[model_inputs["text"][n] for n in positions],
+                                   images=[model_inputs["images"][n] for n in positions], padding_side="left")
+            batch = self._ensure_tensor_on_device(dict(batch), device=self.device)
+            group = {"task": task, "model_inputs": batch,
+                     "history_indices": [model_inputs["history_indices"][n] for n in positions],
+                     "candidate_ids": [model_inputs["candidate_ids"][n] for n in positions]}
+            outputs = self._forward_task(group, method, top_k, num_beams, max_new_tokens, exclude_history,
+                                         dict(generate_kwargs or {}))
+            for row, n in enumerate(positions):
+                rows[n] = {key: (value if key == "task" else value[row]) for key, value in outputs.items()}
+        return {"rows": rows}
+
+    def _forward_task(self, model_inputs: dict, method: str, top_k: int, num_beams: int | None,
+                      max_new_tokens: int | None, exclude_history: bool, user_generate_kwargs: dict) -> dict:
         task, inputs = model_inputs["task"], model_inputs["model_inputs"]
         outputs = {key: value for key, value in model_inputs.items() if key != "model_inputs"}
         if task in ("rec", "search") and method == "exact":
@@ -326,7 +374,8 @@ class UniMPRecommendPipeline(Pipeline):
         if task == "exp":  # the answer starts with its rating token (reference §4.4), then free text
             generated = generate_rating_answers(self.model, tokenizer, inputs,
                                                 num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
-                                                max_new_tokens=max_new_tokens or DEFAULT_EXP_MAX_NEW_TOKENS)
+                                                max_new_tokens=max_new_tokens or DEFAULT_EXP_MAX_NEW_TOKENS,
+                                                **user_generate_kwargs)
             outputs["generated_ids"] = generated[:, prompt_length:]
             return outputs
         vocab_size = self.model.get_output_embeddings().weight.shape[0]
@@ -355,6 +404,8 @@ class UniMPRecommendPipeline(Pipeline):
             generate_kwargs.update(num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
                                    max_new_tokens=max_new_tokens or len(SELECTION_TOKENS) + 1)
         allowed = UniMPAllowedTokens(first, later, prompt_length, no_repeat=task == "select")
+        if task == "select":  # rec/search beams keep their one-step settings (scores and ranks depend on them)
+            generate_kwargs.update(user_generate_kwargs)
         generated = self.model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), **generate_kwargs)
         if task in ("rec", "search"):
             outputs["beam_tokens"] = generated.sequences[:, -1].view(batch, -1)  # (B, k), best first
@@ -364,8 +415,15 @@ class UniMPRecommendPipeline(Pipeline):
             outputs["generated_ids"] = generated[:, prompt_length:]
         return outputs
 
-    def postprocess(self, model_outputs: dict, top_k: int = 10, exclude_history: bool = False,
-                    image_root: str | None = None) -> list:
+    def postprocess(self, model_outputs: dict, top_k: int = 10, exclude_history: bool | None = None,
+                    image_root: str | None = None):
+        """One record's output (a one-row `rows` list, or the row itself after the loader unbatches) -> its result."""
+        row = model_outputs["rows"]
+        row = row[0] if isinstance(row, list) else row
+        return self._postprocess_rows(_as_batch_of_one(row), top_k, self._exclude_history_default(exclude_history),
+                                      image_root)[0]
+
+    def _postprocess_rows(self, model_outputs: dict, top_k: int, exclude_history: bool, image_root: str | None):
         task = model_outputs["task"]
         if task in ("rec", "search"):
             return self._rank(model_outputs, top_k, exclude_history, image_root)
@@ -509,6 +567,24 @@ def _as_records(inputs) -> tuple[list[dict], bool]:
             raise ValueError(f"input {n}: a batch holds histories (lists) or records (dicts with `history`), got "
                              f"{type(entry).__name__}; do not mix item ids and histories in one list")
     return records, False
+
+
+def _collate_records(rows: list[dict]) -> dict:
+    """Preprocessed records (one-row lists each) -> one batch of lists; `_forward` tokenises and pads per task."""
+    return {key: [value for row in rows for value in row[key]] for key in rows[0]}
+
+
+def _as_batch_of_one(row: dict) -> dict:
+    """One record's forward outputs -> the (1, ...) batch `_postprocess_rows` reads."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.unsqueeze(0)
+        elif key == "task":
+            out[key] = value
+        else:
+            out[key] = [value]
+    return out
 
 
 def _with_defaults(record: dict, defaults: dict) -> dict:

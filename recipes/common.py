@@ -412,6 +412,17 @@ def record_training_data_licence(processor: UniMPProcessor, dataset_dict, datase
     processor.training_data_licences = licences
 
 
+def record_repeat_interactions(processor: UniMPProcessor, dataset_dict, split: str = "train") -> bool:
+    """Record in the processor whether the training split repeats a user-item pair (a row whose history and target
+    name one item twice); the recommendation pipeline then excludes seen items by default when it does not
+    (`UniMPProcessor.default_exclude_history`, issue 15). Returns the recorded value."""
+    rows = dataset_dict[split]
+    repeats = any(len(set(history) | {target}) < len(history) + 1
+                  for history, target in zip(rows["history_item_ids"], rows["target_item_id"]))
+    processor.has_repeat_interactions = repeats
+    return repeats
+
+
 def _times_time_factor(schedule, callback: TimeBudgetCallback, step: int) -> float:
     return schedule(step) * callback.time_factor()
 
@@ -505,6 +516,7 @@ __all__ = [
     "TimeBudgetProgressCallback",
     "apply_history_layout",
     "last_complete_checkpoint",
+    "record_repeat_interactions",
     "record_training_data_licence",
     "build_processor",
     "load_pixel_array",

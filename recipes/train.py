@@ -27,6 +27,7 @@ from .common import (
     last_complete_checkpoint,
     load_dataset_dict,
     parse_recipe_args,
+    record_repeat_interactions,
     record_training_data_licence,
     render_examples,
     set_torch_threads,
@@ -81,6 +82,7 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     dataset_dict = load_dataset_dict(recipe)
     model, processor = build_model(recipe, dataset_dict)
     record_training_data_licence(processor, dataset_dict, recipe.dataset)  # push_to_hub reads it (issue 16)
+    record_repeat_interactions(processor, dataset_dict)  # the pipeline's exclude_history default (issue 15)
     if training.max_history_items is not None:  # saved with the processor: the window every inference path reads
         processor.max_history_items = training.max_history_items
     declare_custom_pipeline(model)  # every checkpoint-N/ declares the pipeline, as a pushed repo does (issue 15)
