@@ -1,14 +1,12 @@
 """UniMPProcessor: tokens, images, the image mask, the catalogue, save/load (issue 3)."""
 
 import doctest
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
 import pytest
 import torch
+from conftest import run_without_package
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -140,13 +138,7 @@ def test_auto_processor_with_remote_code_in_a_process_without_the_package(tiny_p
         print(type(processor).__module__, processor.item_ids, batch["input_ids"].tolist())
         """
     )
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    runner = f"import sys; sys.path[:0] = {site!r}\n"
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", runner + script], cwd=tmp_path, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "PYTHONPATH": ""},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_package(script, cwd=tmp_path)
     expected = tiny_processor(text=[PROMPT], images=[[_red(), None]])["input_ids"].tolist()
     assert "transformers_modules" in result.stdout and str(expected) in result.stdout
 
