@@ -67,6 +67,16 @@ def set_gates(model, value: float):
     return model
 
 
+def make_tiny_model(processor, gate: float | None = None, **config_overrides):
+    """The STYLE.md §7 tiny model (seed 0) prepared for `processor`'s tokens; `gate` opens the tanh gates."""
+    from modeling_unimp import UniMPForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = UniMPForConditionalGeneration(make_tiny_config(**config_overrides)).eval()
+    processor.prepare_model(model)
+    return model if gate is None else set_gates(model, gate)
+
+
 def without_package_prelude() -> str:
     """Python source that leaves only site-packages importable: run with `python -I -S -c prelude + script`, neither
     the cwd nor the editable install's finder puts `modeling_unimp`/`processing` on the path (remote-code checks)."""

@@ -10,11 +10,10 @@ import socket
 import subprocess
 
 import pytest
-import torch
-from conftest import REPO_ROOT, make_tiny_config
+from conftest import REPO_ROOT, make_tiny_model
 from PIL import Image
 
-from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+from modeling_unimp import UniMPProcessor
 
 _spec = importlib.util.spec_from_file_location("unimp_space_app", REPO_ROOT / "app" / "app.py")
 space = importlib.util.module_from_spec(_spec)  # app/app.py: a Space's entry point, not a package
@@ -38,9 +37,7 @@ def checkpoint(tmp_path_factory, tiny_tokenizer):
         images.append(str(path) if k % 2 == 0 else None)
     item_ids = [f"m{k}" for k in range(NUM_ITEMS)]
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), item_ids, TITLES, images, image_size=32)
-    torch.manual_seed(0)
-    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
-    processor.prepare_model(model)
+    model = make_tiny_model(processor)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "metrics.json").write_text(json.dumps({"dataset": "own", "tasks": ["rec", "exp"]}))

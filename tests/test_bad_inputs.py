@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config, set_gates
+from conftest import make_tiny_config, make_tiny_model
 from PIL import Image
 from transformers import pipeline
 
@@ -30,10 +30,7 @@ def catalogue(tiny_tokenizer):
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ITEM_IDS,
                                               [f"Movie {k}" for k in range(NUM_ITEMS)], image_size=32,
                                               num_image_code_tokens=4)
-    torch.manual_seed(0)
-    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
-    processor.prepare_model(model)
-    set_gates(model, 0.5)  # open gates: images move the scores
+    model = make_tiny_model(processor, gate=0.5)  # open gates: images move the scores
     return model, processor
 
 

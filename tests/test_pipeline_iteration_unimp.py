@@ -4,12 +4,11 @@ generators, generation kwargs, and the `exclude_history` default recorded in the
 import copy
 
 import pytest
-import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_model
 from transformers import pipeline
 from transformers.pipelines.pt_utils import KeyDataset
 
-from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+from modeling_unimp import UniMPProcessor
 
 ITEM_IDS = [f"m{k}" for k in range(6)]
 HISTORIES = [["m0", "m1"], ["m2"], ["m3", "m4", "m5"]]
@@ -19,9 +18,7 @@ HISTORIES = [["m0", "m1"], ["m2"], ["m3", "m4", "m5"]]
 def recommend(tiny_tokenizer):
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ITEM_IDS, [f"Title {k}" for k in
                                               range(6)], image_size=32)
-    torch.manual_seed(0)
-    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
-    processor.prepare_model(model)
+    model = make_tiny_model(processor)
     return pipeline("unimp-recommend", model=model, processor=processor, device="cpu")
 
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_tiny_config, run_without_package, set_gates
+from conftest import make_tiny_config, make_tiny_model, run_without_package
 from PIL import Image
 from transformers import pipeline
 
@@ -36,10 +36,7 @@ def catalogue(tmp_path_factory, tiny_tokenizer):
         else:
             images.append(None)
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), ITEM_IDS, TITLES, images, image_size=32)
-    torch.manual_seed(0)
-    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
-    processor.prepare_model(model)
-    set_gates(model, 0.5)  # open gates: images move the scores
+    model = make_tiny_model(processor, gate=0.5)  # open gates: images move the scores
     return model, processor
 
 

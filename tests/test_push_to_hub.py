@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO_ROOT, make_tiny_config, set_gates, without_package_prelude
+from conftest import REPO_ROOT, make_tiny_model, without_package_prelude
 from fake_hub import iter_fake_hub
 from PIL import Image
 from transformers import pipeline
 
-from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+from modeling_unimp import UniMPProcessor
 from processing.datasets_unimp import load_unimp_dataset
 from processing.task_records import items_by_id
 from recipes import push_to_hub
@@ -62,10 +61,7 @@ def source(tmp_path_factory, tiny_tokenizer):
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), list(items),
                                               [item["title"] for item in items.values()],
                                               [item["image"] for item in items.values()], image_size=32)
-    torch.manual_seed(0)
-    model = UniMPForConditionalGeneration(make_tiny_config()).eval()
-    processor.prepare_model(model)
-    set_gates(model, 0.5)  # open gates: images move the scores
+    model = make_tiny_model(processor, gate=0.5)  # open gates: images move the scores
     metrics = evaluate_recommendation(model, processor, dataset_dict, split="test", ks=(1, 3))
     metrics.update(dataset="ml-100k-posters", protocol="leave_one_out", tasks=["rec"], split="test", global_step=3)
     checkpoint = work / "checkpoint"
