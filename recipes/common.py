@@ -504,8 +504,20 @@ def write_training_curve(log_history: list[dict], path: str | Path, *, metric: s
 
 
 def set_torch_threads() -> None:
-    """Use every core for intra-op work; no data-loader workers (hf_stack_notes §8)."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Use every core for intra-op work, unless `OMP_NUM_THREADS` says otherwise; no data-loader workers
+    (hf_stack_notes §8).
+
+    `OMP_NUM_THREADS=1` is the setting for runs that share the machine with another busy process: on 2 cores, a
+    2-thread step waits at every OpenMP barrier for the core the other process holds, and ran 3.5x slower than a
+    1-thread step (5.6 s vs 1.6 s per ML-100K step beside a RecBole run; BENCHMARKS.md "Speed").
+    """
+    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested:
+        if not requested.isdigit() or int(requested) < 1:
+            raise ValueError(f"OMP_NUM_THREADS={requested!r}: expected a positive integer")
+        torch.set_num_threads(int(requested))
+    else:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 __all__ = [

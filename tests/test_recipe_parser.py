@@ -83,3 +83,27 @@ def test_a_key_that_is_no_field_is_rejected_naming_it():
         train.parse_args([CONFIG, "not_a_field=1"])
     with pytest.raises(ValueError, match="not_a_field"):  # an unknown flag: HfArgumentParser's own error
         train.parse_args(["--config", CONFIG, "--not_a_field", "1"])
+
+
+def test_set_torch_threads_honours_omp_num_threads(monkeypatch):
+    """A benchmark run beside another busy process asks for 1 thread (BENCHMARKS.md "Speed"); a bad value is an
+    error naming the variable, and no variable means every core."""
+    import os
+
+    import torch
+
+    from recipes.common import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_torch_threads()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "two")
+        with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+            set_torch_threads()
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        set_torch_threads()
+        assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
