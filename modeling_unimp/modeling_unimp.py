@@ -521,8 +521,9 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
         """The content input embeddings and output vectors of every catalogue item, (num_items, D) each (issue 12).
 
         Under gradients they are recomputed (they train); without gradients (evaluation, pipelines, generation) they
-        are computed once per weights: the memo is keyed by a content hash of the encoder's parameters and buffers
-        (`catalogue_cache.weights_fingerprint`, which also sees `param.data` edits), so it is never stale.
+        are computed once per weights: the memo is keyed by `catalogue_cache.weights_fingerprint` of the encoder's
+        parameters and buffers (version counters, pointers and sums: it also sees `param.data` edits); after an
+        edit it cannot see, call `clear_item_vectors()`.
         """
         if not self.config.uses_item_content:
             raise ValueError("item_vectors needs item_representation 'content' or 'id+content'")
@@ -534,6 +535,10 @@ class UniMPForConditionalGeneration(UniMPPreTrainedModel, GenerationMixin):
         if self._item_vectors_memo is None or self._item_vectors_memo[0] != key:
             self._item_vectors_memo = (key, encoder())
         return self._item_vectors_memo[1]
+
+    def clear_item_vectors(self) -> None:
+        """Forget the memo of `item_vectors` (the next no-grad call recomputes them)."""
+        self._item_vectors_memo = None
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

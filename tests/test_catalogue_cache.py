@@ -8,6 +8,7 @@ from conftest import make_tiny_config
 from PIL import Image
 
 from modeling_unimp import UniMPForConditionalGeneration, UniMPImageCache, UniMPProcessor, score_prompts
+from modeling_unimp.catalogue_cache import weights_fingerprint
 from processing import UniMPDataCollator
 
 NUM_ITEMS = 14
@@ -67,7 +68,7 @@ def test_latents_are_recomputed_when_the_vision_weights_change(catalogue):
     image = Image.new("RGB", (32, 32), "blue")
     before, present = cache.image_hidden_states(model, [image])
     assert present.tolist() == [True]
-    with torch.no_grad():  # `.data` edits bypass the version counter: the content hash still sees them
+    with torch.no_grad():  # `.data` edits bypass the version counter: the sums in the key still see them
         model.model.vision_model.embeddings.patch_embedding.weight.data.mul_(1.5)
     after, _ = cache.image_hidden_states(model, [image])
     fresh, _ = UniMPImageCache(processor).image_hidden_states(model, [image])
@@ -139,3 +140,42 @@ def test_an_edited_image_file_is_preprocessed_again_and_uncached_images_stay_apa
         encoded.append(buffer.getvalue())
     pixels, present = cache.pixel_values(encoded)  # bytes are not cached: each keeps its own pixels
     assert present.tolist() == [True, True] and not torch.equal(pixels[0], pixels[1])
+
+
+def test_weights_fingerprint_sees_every_kind_of_weight_edit():
+    """Optimizer steps and in-place ops move the version counter, `.data = ...` the pointer, `.data.mul_` the sum;
+    an unchanged module keeps its key, and a permutation through `.data` (unseen by design) is what `clear()` is for."""
+    module = torch.nn.Linear(4, 3)
+    key = weights_fingerprint(module)
+    assert weights_fingerprint(module) == key
+    with torch.no_grad():
+        module.weight.add_(0.0)  # same values, new version: a recomputation, never a stale value
+    assert weights_fingerprint(module) != key
+    key = weights_fingerprint(module)
+    module.weight.data.mul_(1.5)
+    assert weights_fingerprint(module) != key
+    key = weights_fingerprint(module)
+    module.bias.data = module.bias.data.clone() + 1.0
+    assert weights_fingerprint(module) != key
+    key = weights_fingerprint(module)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    module(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    assert weights_fingerprint(module) != key
+
+
+def test_clear_forgets_latents_after_an_unseen_edit(catalogue):
+    model, processor = catalogue
+    cache = UniMPImageCache(processor)
+    image = Image.new("RGB", (32, 32), "green")
+    before, _ = cache.image_hidden_states(model, [image])
+    weight = model.model.perceiver.latents  # (L, E)
+    weight.data.copy_(weight.data.flip(0))  # a permutation: same sum, same version counter
+    try:
+        stale, _ = cache.image_hidden_states(model, [image])
+        cache.clear()
+        fresh, _ = cache.image_hidden_states(model, [image])
+        torch.testing.assert_close(fresh, UniMPImageCache(processor).image_hidden_states(model, [image])[0])
+        assert torch.equal(stale, before) and not torch.allclose(fresh, before)
+    finally:
+        weight.data.copy_(weight.data.flip(0))  # the module-scoped model as it was

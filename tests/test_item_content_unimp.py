@@ -166,7 +166,7 @@ def test_cached_item_vectors_are_reused_and_follow_every_weight_edit(build):
         before = _scores(model, processor)
         model.model.item_encoder.output_proj.weight.data.mul_(2.0)  # `.data` edits bump no version counter
         fresh = copy.deepcopy(model)
-        fresh._item_vectors_memo = None
+        fresh.clear_item_vectors()
         after = _scores(model, processor)
         torch.testing.assert_close(after, _scores(fresh, processor))
         assert not torch.allclose(after, before)
