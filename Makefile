@@ -81,7 +81,8 @@ bench-scaling: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	nice -n 15 $(BIN)/python -m benchmarks.scaling
 
-# The tables of BENCHMARKS.md §1 (between the bench-report markers) from benchmarks/results/*.jsonl.
+# The tables of BENCHMARKS.md §1 (between the bench-report markers) and the README's results summary (between the
+# bench-summary markers) from benchmarks/results/*.jsonl; `--check` exits 1 when either is stale.
 bench-report: $(STAMP)
 	$(BIN)/python benchmarks/report.py
 

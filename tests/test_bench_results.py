@@ -230,13 +230,33 @@ def test_report_is_written_between_the_markers_only(tmp_path):
     write_synthetic(tmp_path / "results")
     markdown = tmp_path / "BENCH.md"
     markdown.write_text(f"# head\n{report.BEGIN_MARKER}\nold table\n{report.END_MARKER}\ntail\n")
-    assert report.main(["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown)]) == 0
+    args = ["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown), "--readme", ""]
+    assert report.main(args) == 0
     text = markdown.read_text()
     assert text.startswith("# head\n") and text.endswith(f"{report.END_MARKER}\ntail\n")
     assert "old table" not in text and "| SASRec | none | 3 |" in text
-    assert report.main(["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown), "--check"]) == 0
+    assert report.main([*args, "--check"]) == 0
     markdown.write_text(text.replace("| SASRec | none | 3 |", "| SASRec | none | 4 |"))
-    assert report.main(["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown), "--check"]) == 1
+    assert report.main([*args, "--check"]) == 1
+
+
+def test_readme_summary_agrees_with_the_tables(tmp_path):
+    """The README's summary is generated from the same lines: its numbers are the tables' and its reading the CI's."""
+    write_synthetic(tmp_path / "results")
+    markdown, readme = tmp_path / "BENCH.md", tmp_path / "README.md"
+    markdown.write_text(f"{report.BEGIN_MARKER}\n{report.END_MARKER}\n")
+    readme.write_text(f"# r\n{report.SUMMARY_BEGIN}\nold claim\n{report.SUMMARY_END}\n")
+    args = ["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown), "--readme", str(readme)]
+    assert report.main(args) == 0
+    tables, summary = markdown.read_text(), readme.read_text()
+    bullet = next(r for r in summary.splitlines() if r.startswith("- **ML-100K**, none"))
+    unimp_row = next(r for r in tables.splitlines() if r.startswith("| UniMP-tiny | none |"))
+    pair_row = next(r for r in tables.splitlines() if r.startswith("| ML-100K | none |"))
+    assert unimp_row.split(" | ")[5] in bullet                    # the same mean ± sd NDCG@10
+    assert pair_row.split(" | ")[6] in bullet and "UniMP-tiny ahead of SASRec" in bullet
+    assert "old claim" not in summary and report.main([*args, "--check"]) == 0
+    readme.write_text(summary.replace("ahead of", "behind"))
+    assert report.main([*args, "--check"]) == 1
 
 
 def test_report_refuses_a_file_without_markers(tmp_path):
