@@ -22,7 +22,8 @@ __all__ = [
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-DATASETS = ("ml100k", "hm", "amazon-mi")
+# amazon-2018: the new-domain transfer target (issue 12, benchmarks/new_domain.py); not a §1.1 dataset (report.py).
+DATASETS = ("ml100k", "hm", "amazon-mi", "amazon-2018")
 TASKS = ("rec", "exp", "select", "search", "imggen")
 MASKINGS = ("none", "history")
 KS = (5, 10, 20)
