@@ -2,6 +2,11 @@
 
 Standard library only, so that both the RecBole venv (``run_peers.py``) and the project venv (``run_benchmark.py``,
 ``report.py``) import it. Write with `append_results`, read with `read_results`; both validate every line.
+
+A 'rec' line is on the peers' leave-one-out split unless its ``protocol`` is one of `OTHER_SPLIT_PROTOCOLS`
+(``cold_items``, issue 12: ``benchmarks/cold_items.py``); such a line also names the users it ranks in ``subset``
+and has a ``variant`` starting with the protocol, so that its row key never equals a leave-one-out row's (resume
+and `report.latest_lines` key on it), and ``report.py`` keeps it out of the §1.1 tables (`on_peer_split`).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import subprocess
 from pathlib import Path
 
 __all__ = [
-    "DATASETS", "KS", "MASKINGS", "METRIC_KEYS", "REQUIRED_FIELDS", "RESULTS_DIR", "TASKS", "ResultLineError",
+    "DATASETS", "KS", "MASKINGS", "METRIC_KEYS", "OTHER_SPLIT_PROTOCOLS", "REQUIRED_FIELDS", "RESULTS_DIR", "TASKS",
+    "ResultLineError",
     "append_results", "cpu_info", "git_commit", "metrics_from_ranks", "ndcg_at", "peak_rss_mib", "read_results",
-    "results_path", "row_key", "users_digest", "utc_now", "validate_line",
+    "on_peer_split", "results_path", "row_key", "users_digest", "utc_now", "validate_line",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -28,6 +34,8 @@ TASKS = ("rec", "exp", "select", "search", "imggen")
 MASKINGS = ("none", "history")
 KS = (5, 10, 20)
 METRIC_KEYS = tuple(f"{name}@{k}" for name in ("hr", "ndcg", "mrr") for k in KS)
+# `protocol` of a 'rec' line on another split than the peers' leave-one-out one (optional field; see the docstring).
+OTHER_SPLIT_PROTOCOLS = ("cold_items",)
 # field -> what it holds; every line must have all of them (extra fields are kept as they are).
 REQUIRED_FIELDS = {
     "dataset": f"one of {DATASETS}",
@@ -164,7 +172,24 @@ def validate_line(line: dict) -> dict:
                 raise ResultLineError(f"field 'metrics' disagrees with field 'ranks' (given, from ranks): {off}")
     elif ranks is not None and not isinstance(ranks, list):
         raise ResultLineError(f"field 'ranks': expected a list or null, got {type(ranks).__name__}")
+    if not on_peer_split(line):
+        _check_other_split(line)
     return line
+
+
+def on_peer_split(line: dict) -> bool:
+    """False for a 'rec' line whose `protocol` is one of OTHER_SPLIT_PROTOCOLS (other users, other training data)."""
+    return not (line["task"] == "rec" and line.get("protocol") in OTHER_SPLIT_PROTOCOLS)
+
+
+def _check_other_split(line: dict) -> None:
+    protocol = line["protocol"]
+    if not line["variant"].startswith(protocol):
+        raise ResultLineError(f"field 'variant': {line['variant']!r} must start with {protocol!r} on a "
+                              f"{protocol} line, so that its row key differs from the leave-one-out rows'")
+    if not isinstance(line.get("subset"), str) or not line["subset"]:
+        raise ResultLineError(f"field 'subset': a {protocol} line names the test users it ranks (a non-empty "
+                              f"string), got {line.get('subset')!r}")
 
 
 def append_results(lines: list[dict], results_dir: str | Path | None = None) -> list[Path]:

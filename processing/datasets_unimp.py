@@ -1,5 +1,6 @@
-"""Local raw files -> `datasets.DatasetDict` (item table + per-split user rows) with the leave-one-out or
-user-disjoint split; task records are `processing.task_records`, the RecBole export `benchmarks/recbole_export.py`.
+"""Local raw files -> `datasets.DatasetDict` (item table + per-split user rows) with the leave-one-out,
+user-disjoint or cold-items split; task records are `processing.task_records`, the RecBole export
+`benchmarks/recbole_export.py`.
 
 Datasets and splits: reference unimp_method.md §2.1 and §5; leave-one-out and the atomic export: peer_protocol.md §2.
 """
@@ -36,12 +37,14 @@ RECBOLE_NAMES = {
     "hm-sample": "hm",
     "amazon-2018-small-5core": "amazon-2018",
 }
-PROTOCOLS = ("leave_one_out", "user_disjoint")
+PROTOCOLS = ("leave_one_out", "user_disjoint", "cold_items")
 USER_SPLITS = ("train", "validation", "test")
 ITEMS_SPLIT = "items"  # the item table travels in the DatasetDict next to the user splits
 AMAZON_2018_CATEGORIES = ("Gift_Cards", "Magazine_Subscriptions")
 # Fewest interactions a user needs: leave-one-out keeps a train row with >= 1 history item (peer §2.1).
-MIN_USER_INTERACTIONS = {"leave_one_out": 4, "user_disjoint": 2}
+MIN_USER_INTERACTIONS = {"leave_one_out": 4, "user_disjoint": 2, "cold_items": 4}
+# "cold_items" (issue 12): this share of the catalogue, drawn with the builder's seed, is held out of training.
+COLD_ITEM_FRACTION = 0.1
 
 ITEM_FEATURES = Features({
     "item_id": Value("string"),  # the real id (ML-100K movie id, H&M article_id, Amazon asin)
@@ -369,9 +372,10 @@ def _drop_short_users(sequences: dict[str, list[_Interaction]], protocol: str, n
 
 
 def _split_sequences(sequences, protocol: str, seed: int, fractions: tuple[float, float, float]):
-    """split -> [(history, target)]: leave-one-out (peer §2.1) or user-disjoint (reference §5.1)."""
+    """split -> [(history, target)]: leave-one-out (peer §2.1; also the rows of "cold_items" before
+    `_hold_out_cold_items`) or user-disjoint (reference §5.1)."""
     splits: dict[str, list[tuple[list[_Interaction], _Interaction]]] = {split: [] for split in USER_SPLITS}
-    if protocol == "leave_one_out":
+    if protocol in ("leave_one_out", "cold_items"):
         for sequence in sequences.values():
             splits["train"].append((sequence[:-3], sequence[-3]))
             splits["validation"].append((sequence[:-2], sequence[-2]))
@@ -398,8 +402,50 @@ def _split_sequences(sequences, protocol: str, seed: int, fractions: tuple[float
     return splits
 
 
+def draw_cold_items(item_ids: Iterable[str], fraction: float = COLD_ITEM_FRACTION, seed: int = 42) -> list[str]:
+    """The cold items of the "cold_items" protocol: round(fraction x n) of the n distinct `item_ids`, drawn with
+    `seed` from the sorted ids (so the draw does not depend on file order), returned sorted.
+
+    Raises:
+        ValueError: `fraction` outside [0, 1).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"cold_fraction={fraction!r} must lie in [0, 1): the share of items held out of training")
+    ids = sorted(set(item_ids))
+    return sorted(random.Random(f"cold_items:{seed}").sample(ids, round(fraction * len(ids))))
+
+
+def _hold_out_cold_items(splits, cold: set[str], name: str, dropped: Counter):
+    """The "cold_items" train rows: every interaction with a cold item is deleted from the user's training sequence
+    (train history + target), and the row becomes (the rest[:-1], the rest[-1]): a cold target is replaced by the
+    user's last warm item before it, so no warm training interaction is lost. A user left with fewer than 2 warm
+    training interactions has no train row (nothing to predict from). Validation and test rows are kept as they
+    are: their histories are the user's real ones, cold items included, and their targets may be cold."""
+    train, removed, retargeted, lost_rows, lost_warm = [], 0, 0, 0, 0
+    for history, target in splits["train"]:
+        sequence = [*history, target]
+        warm = [interaction for interaction in sequence if interaction.item_id not in cold]
+        removed += len(sequence) - len(warm)
+        if len(warm) < 2:
+            lost_rows, lost_warm = lost_rows + 1, lost_warm + len(warm)
+            continue
+        retargeted += target.item_id in cold
+        train.append((warm[:-1], warm[-1]))
+    dropped["training interactions of cold items (held out of training only; validation/test keep them)"] += removed
+    dropped["train rows of users left with < 2 warm training interactions (cold_items)"] += lost_rows
+    dropped["warm training interactions of those users"] += lost_warm
+    cold_targets = {split: sum(target.item_id in cold for _, target in splits[split])
+                    for split in ("validation", "test")}
+    logger.info("%s (cold_items): %d cold items; removed %d training interactions with them, %d train targets "
+                "were cold and moved to the user's last warm item, %d users lost their train row; cold targets: "
+                "%d of %d validation rows, %d of %d test rows", name, len(cold), removed, retargeted, lost_rows,
+                cold_targets["validation"], len(splits["validation"]), cold_targets["test"], len(splits["test"]))
+    return {**splits, "train": train}
+
+
 def _training_interactions(splits) -> list[_Interaction]:
-    """What training may see: the train rows' history + target (both protocols)."""
+    """What training may see: the train rows' history + target (every protocol; "cold_items" has no cold item
+    there)."""
     return [interaction for history, target in splits["train"] for interaction in (*history, target)]
 
 
@@ -485,6 +531,22 @@ def read_build_report(dataset: Dataset) -> dict:
     return {}
 
 
+def read_cold_items(dataset: Dataset | Mapping[str, Dataset]) -> list[str]:
+    """The cold item ids of a "cold_items" build (sorted), from its build report (`read_build_report`).
+
+    Args:
+        dataset: the DatasetDict or any of its splits.
+    Raises:
+        ValueError: the data was not built with protocol "cold_items".
+    """
+    split = dataset if isinstance(dataset, Dataset) else next(iter(dataset.values()))
+    cold = read_build_report(split).get("cold_items")
+    if cold is None:
+        raise ValueError(f"{split.info.dataset_name or 'this dataset'} was built with protocol "
+                         f"{split.info.config_name!r}, not 'cold_items': it has no cold items")
+    return list(cold["item_ids"])
+
+
 def read_licence(provenance_path: str | os.PathLike) -> str | None:
     """The '## Licence' section of a PROVENANCE.md (shared/data's layout), or None when there is none."""
     path = Path(provenance_path)
@@ -513,8 +575,14 @@ def _assemble(
     licence: str | None,
     source: str | os.PathLike,
     item_order: Iterable[str] | None = None,
+    cold_fraction: float = COLD_ITEM_FRACTION,
 ) -> DatasetDict:
     """Sequences -> split rows -> DatasetDict; `items` may be a function of the training interactions.
+
+    Protocol "cold_items": leave-one-out on every user, then `draw_cold_items(catalogue, cold_fraction, seed)` are
+    held out of training (`_hold_out_cold_items`); they stay in the item table (rankable by content) and their ids
+    are in the build report (`read_cold_items`). Item text built from training interactions (H&M's price, Amazon
+    MI's review summaries) therefore has none of a cold item's interactions.
 
     The item table holds the items of the kept interactions, in `item_order` (the item file's order)
     when given, else in order of first appearance in the source rows. Everything dropped on the way (`dropped`,
@@ -528,9 +596,12 @@ def _assemble(
                          f"dropped: {_describe_dropped(dropped) or 'nothing dropped'})")
     sequences = _drop_short_users(_user_sequences(interactions), protocol, name, dropped)
     splits = _split_sequences(sequences, protocol, seed, fractions)
+    used = {interaction.item_id for sequence in sequences.values() for interaction in sequence}
+    cold = draw_cold_items(used, cold_fraction, seed) if protocol == "cold_items" else None
+    if cold is not None:
+        splits = _hold_out_cold_items(splits, set(cold), name, dropped)
     if callable(items):  # item text built from training interactions only, so no eval target leaks into it
         items = items(_training_interactions(splits))
-    used = {interaction.item_id for sequence in sequences.values() for interaction in sequence}
     if item_order is None:
         first_rows = {}
         for sequence in sequences.values():
@@ -549,9 +620,13 @@ def _assemble(
         item["attributes"] = [{"key": str(key), "value": None if value is None else str(value)}
                               for key, value in item["attributes"]]
     report = {"dropped": {what: count for what, count in dropped.items() if count}}
+    held_out = ""
+    if cold is not None:
+        report["cold_items"] = {"fraction": cold_fraction, "seed": seed, "item_ids": cold}
+        held_out = f", {len(cold)} of {len(used)} items cold (held out of training)"
     info = {"dataset_name": name, "config_name": protocol, "license": licence,
-            "description": f"unimp {name}, {protocol} split (seed {seed}); built by processing/datasets_unimp.py\n"
-                           f"{BUILD_REPORT_PREFIX}{json.dumps(report)}"}
+            "description": f"unimp {name}, {protocol} split (seed {seed}{held_out}); built by "
+                           f"processing/datasets_unimp.py\n{BUILD_REPORT_PREFIX}{json.dumps(report)}"}
     dataset_dict = DatasetDict({
         split: _make_dataset(_rows_to_columns(rows), USER_ROW_FEATURES, info, split)
         for split, rows in splits.items()
@@ -575,6 +650,7 @@ def build_ml100k(
     protocol: str = "leave_one_out",
     seed: int = 42,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    cold_fraction: float = COLD_ITEM_FRACTION,
     check_images: bool = True,
 ) -> DatasetDict:
     """MovieLens-100K with posters: every rating is an interaction (no filter, peer §2.2).
@@ -585,9 +661,11 @@ def build_ml100k(
 
     Args:
         data_dir: folder holding `ml-100k-posters/`; default `default_data_dir()`.
-        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
-        seed: user shuffle seed of "user_disjoint".
+        protocol: "leave_one_out" (peer §2.1), "user_disjoint" (reference §5.1) or "cold_items" (leave-one-out
+            with `cold_fraction` of the items held out of training, issue 12).
+        seed: user shuffle seed of "user_disjoint"; cold-item draw of "cold_items".
         fractions: train/validation/test user fractions of "user_disjoint".
+        cold_fraction: share of the items held out of training under "cold_items".
         check_images: decode every poster once; failures make the item image-less with one warning.
 
     Returns:
@@ -628,7 +706,7 @@ def build_ml100k(
                 sum(1 for item in items.values() if item["image"] is None), len(items))
     return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
                      check_images=check_images, dropped=Counter(), licence=read_licence(folder / "PROVENANCE.md"),
-                     source=inter_path, item_order=list(items))
+                     source=inter_path, item_order=list(items), cold_fraction=cold_fraction)
 
 
 def build_hm(
@@ -637,6 +715,7 @@ def build_hm(
     protocol: str = "leave_one_out",
     seed: int = 42,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    cold_fraction: float = COLD_ITEM_FRACTION,
     check_images: bool = True,
     min_user_interactions: int = 5,
     min_item_interactions: int = 3,
@@ -651,9 +730,11 @@ def build_hm(
 
     Args:
         data_dir: folder holding `hm-sample/`; default `default_data_dir()`.
-        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
-        seed: user shuffle seed of "user_disjoint".
+        protocol: "leave_one_out" (peer §2.1), "user_disjoint" (reference §5.1) or "cold_items" (leave-one-out
+            with `cold_fraction` of the items held out of training, issue 12).
+        seed: user shuffle seed of "user_disjoint"; cold-item draw of "cold_items".
         fractions: train/validation/test user fractions of "user_disjoint".
+        cold_fraction: share of the items held out of training under "cold_items".
         check_images: decode every photo once; failures make the item image-less with one warning.
         min_user_interactions: core threshold for customers.
         min_item_interactions: core threshold for articles.
@@ -722,7 +803,8 @@ def build_hm(
 
     return _assemble(name, interactions, describe_items, protocol=protocol, seed=seed, fractions=fractions,
                      check_images=check_images, dropped=dropped, licence=read_licence(folder / "PROVENANCE.md"),
-                     source=transactions_path, item_order=list(dict.fromkeys(articles["article_id"])))
+                     source=transactions_path, item_order=list(dict.fromkeys(articles["article_id"])),
+                     cold_fraction=cold_fraction)
 
 
 def _read_amazon_reviews(path: Path, row_offset: int, user_suffix: str,
@@ -752,6 +834,7 @@ def build_amazon_mi(
     protocol: str = "leave_one_out",
     seed: int = 42,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    cold_fraction: float = COLD_ITEM_FRACTION,
     max_summaries: int = 8,
 ) -> DatasetDict:
     """Amazon Musical Instruments 2014 5-core: reviews with rating and text, no item metadata (peer §2.2).
@@ -764,9 +847,11 @@ def build_amazon_mi(
 
     Args:
         data_dir: folder holding `amazon-mi-2014-5core/`; default `default_data_dir()`.
-        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
-        seed: user shuffle seed of "user_disjoint".
+        protocol: "leave_one_out" (peer §2.1), "user_disjoint" (reference §5.1) or "cold_items" (leave-one-out
+            with `cold_fraction` of the items held out of training, issue 12).
+        seed: user shuffle seed of "user_disjoint"; cold-item draw of "cold_items".
         fractions: train/validation/test user fractions of "user_disjoint".
+        cold_fraction: share of the items held out of training under "cold_items".
         max_summaries: review summaries kept per item.
 
     Returns:
@@ -800,7 +885,7 @@ def build_amazon_mi(
 
     return _assemble(name, interactions, describe_items, protocol=protocol, seed=seed, fractions=fractions,
                      check_images=False, dropped=Counter(), licence=read_licence(path.parent / "PROVENANCE.md"),
-                     source=path)
+                     source=path, cold_fraction=cold_fraction)
 
 
 def _amazon_2018_item(meta: Mapping[str, Any], category: str) -> dict:
@@ -831,6 +916,7 @@ def build_amazon_2018(
     protocol: str = "leave_one_out",
     seed: int = 42,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    cold_fraction: float = COLD_ITEM_FRACTION,
     min_user_interactions: int = 5,
     min_item_interactions: int = 5,
 ) -> DatasetDict:
@@ -847,9 +933,11 @@ def build_amazon_2018(
     Args:
         data_dir: folder holding `amazon-2018-small-5core/`; default `default_data_dir()`.
         categories: file stems to combine, in this order.
-        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
-        seed: user shuffle seed of "user_disjoint".
+        protocol: "leave_one_out" (peer §2.1), "user_disjoint" (reference §5.1) or "cold_items" (leave-one-out
+            with `cold_fraction` of the items held out of training, issue 12).
+        seed: user shuffle seed of "user_disjoint"; cold-item draw of "cold_items".
         fractions: train/validation/test user fractions of "user_disjoint".
+        cold_fraction: share of the items held out of training under "cold_items".
         min_user_interactions: core threshold for users.
         min_item_interactions: core threshold for items.
 
@@ -885,7 +973,7 @@ def build_amazon_2018(
     interactions = _iterative_core(interactions, min_user_interactions, min_item_interactions, name, dropped)
     return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
                      check_images=False, dropped=dropped, licence=read_licence(folder / "PROVENANCE.md"),
-                     source=folder)
+                     source=folder, cold_fraction=cold_fraction)
 
 
 def _read_records(path: Path) -> Iterable[tuple[int, dict]]:
@@ -933,6 +1021,7 @@ def build_generic(
     protocol: str = "leave_one_out",
     seed: int = 42,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    cold_fraction: float = COLD_ITEM_FRACTION,
     check_images: bool = True,
     drop_repeated_pairs: bool = True,
     licence: str | None = None,
@@ -954,9 +1043,11 @@ def build_generic(
         items_path: the items file; every interacted item must be in it.
         name: dataset name, used in messages and as the RecBole export name.
         image_root: folder for relative image paths.
-        protocol: "leave_one_out" (peer §2.1) or "user_disjoint" (reference §5.1).
-        seed: user shuffle seed of "user_disjoint".
+        protocol: "leave_one_out" (peer §2.1), "user_disjoint" (reference §5.1) or "cold_items" (leave-one-out
+            with `cold_fraction` of the items held out of training, issue 12).
+        seed: user shuffle seed of "user_disjoint"; cold-item draw of "cold_items".
         fractions: train/validation/test user fractions of "user_disjoint".
+        cold_fraction: share of the items held out of training under "cold_items".
         check_images: decode every image once; failures make the item image-less with one warning.
         drop_repeated_pairs: keep only the first interaction of each (user, item) pair.
         licence: the data's terms of use, stored as `DatasetInfo.license` and carried into checkpoints trained
@@ -1010,7 +1101,7 @@ def build_generic(
         interactions = _drop_repeated_pairs(interactions, name, dropped)
     return _assemble(name, interactions, items, protocol=protocol, seed=seed, fractions=fractions,
                      check_images=check_images, dropped=dropped, licence=licence, source=interactions_path,
-                     item_order=list(items))
+                     item_order=list(items), cold_fraction=cold_fraction)
 
 
 _BUILDERS: dict[str, Callable[..., DatasetDict]] = {
@@ -1118,6 +1209,7 @@ def load_unimp_dataset(name: str, data_dir: str | os.PathLike | None = None, **k
 __all__ = [
     "AMAZON_2018_CATEGORIES",
     "BUILD_REPORT_PREFIX",
+    "COLD_ITEM_FRACTION",
     "DATASET_NAMES",
     "ITEMS_SPLIT",
     "ITEM_FEATURES",
@@ -1133,10 +1225,12 @@ __all__ = [
     "build_hm",
     "build_ml100k",
     "default_data_dir",
+    "draw_cold_items",
     "check_rating_scale",
     "load_hub_dataset",
     "load_unimp_dataset",
     "rating_to_token_scale",
     "read_build_report",
+    "read_cold_items",
     "read_licence",
 ]

@@ -3,7 +3,8 @@
 Search: BM25 over item text, popularity filtered by the query, BM25 re-ranked by the user's history; each gives a
 (num_items,) score row that `metrics_unimp.rank_of_targets` turns into exact full-catalogue ranks, the same path
 as UniMP's item-token scores. Selection: evaluation candidates (the target plus sampled negatives with images,
-shuffled), and the random, popularity and most-similar-image choices of one slot.
+shuffled), and the random, popularity and most-similar-image choices of one slot. Cold-start items (issue 12): a
+content kNN over frozen item text embeddings, which can rank an item no one interacted with in training.
 """
 
 import math
@@ -127,6 +128,52 @@ def history_reranked_scores(bm25_scores: np.ndarray, history_indices: Sequence[i
 
 
 # ---------------------------------------------------------------------------------------------------
+# Cold-start items (issue 12)
+# ---------------------------------------------------------------------------------------------------
+
+CONTENT_KNN_POOLS = ("mean", "max")
+
+
+def content_knn_scores(item_features: np.ndarray, histories: Sequence[Sequence[int]], *, k: int,
+                       pool: str = "mean") -> np.ndarray:
+    """(U, num_items) content kNN: each item's similarity to the user's last `k` history items, from item features
+    alone (no interaction count), so an item never seen in training ranks like any other.
+
+    pool "mean": cosine of the item to the mean of the last k items' features; "max": the highest cosine of the item
+    to any of them. A user without history, or an item without features (a zero row), scores 0.
+
+    Args:
+        item_features (`np.ndarray` of shape (num_items, F)): one row per catalogue item, e.g. L2-normalised MiniLM
+            embeddings of the item texts (`modeling_unimp.item_content_unimp.encode_item_texts`).
+        histories (`Sequence[Sequence[int]]` of length U): each user's history as catalogue indices, oldest first.
+        k (`int`): how many of the most recent history items make the profile.
+        pool (`str`): "mean" or "max".
+    Returns:
+        `np.ndarray` of shape (U, num_items), float64.
+    """
+    if pool not in CONTENT_KNN_POOLS:
+        raise ValueError(f"pool must be one of {CONTENT_KNN_POOLS}, got {pool!r}")
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    features = np.asarray(item_features, dtype=np.float64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)  # (n, F)
+    scores = np.zeros((len(histories), len(unit)))
+    for row, history in enumerate(histories):
+        recent = list(history)[-k:]
+        if not recent:
+            continue
+        if pool == "max":
+            scores[row] = (unit[recent] @ unit.T).max(axis=0)
+            continue
+        profile = unit[recent].mean(axis=0)
+        length = np.linalg.norm(profile)
+        if length > 0:
+            scores[row] = unit @ (profile / length)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------
 # Selection (reference §4.3)
 # ---------------------------------------------------------------------------------------------------
 
@@ -173,8 +220,10 @@ def compute_selection_accuracy(chosen_slots: Sequence[int], answer_slots: Sequen
 
 __all__ = [
     "BM25Index",
+    "CONTENT_KNN_POOLS",
     "choose_best_slot",
     "compute_selection_accuracy",
+    "content_knn_scores",
     "count_training_popularity",
     "history_reranked_scores",
     "image_pixel_features",

@@ -52,7 +52,9 @@ class RecipeArguments:
         "help": "Own data: [low, high] of its ratings, e.g. [0.5, 5.0]; mapped linearly to the 1-5 rating tokens "
                 "(None: integers 1-5)."})
     data_dir: str | None = field(default=None, metadata={"help": "Raw-data folder; default default_data_dir()."})
-    protocol: str = field(default="leave_one_out", metadata={"help": "leave_one_out | user_disjoint (§5.1)."})
+    protocol: str = field(default="leave_one_out", metadata={
+        "help": "leave_one_out | user_disjoint (§5.1) | cold_items (leave-one-out with a seeded tenth of the items "
+                "held out of training, issue 12)."})
     tasks: list[str] = field(default_factory=lambda: ["rec"], metadata={"help": "Tasks mixed in training."})
     num_windows_per_user: int = field(default=8, metadata={"help": "Training windows drawn per user and task."})
     max_train_users: int | None = field(default=None, metadata={"help": "Train on the first N users (quick runs)."})
