@@ -1,19 +1,27 @@
 """How UniMP-tiny's costs grow with the catalogue: synthetic catalogues of 1k to 1M items (issue 13).
 
 Per catalogue size N (each in its own process, so peak memory is per size): the catalogue build (tokenizer with one
-`<item_k>` per item, model resized to it), exact full-ranking evaluation users/s (`score_prompts`: one forward pass,
-then scores over all N items and a top-10), the peak RSS, the training step time (full stage, AdamW, focal loss on
-the answer positions only) and the checkpoint size. Titles are random words and images random pixels, generated
-here; each user has a 50-item history, the last 10 shown with title and image (the ML-100K config's layout).
+`<item_k>` per item, model resized to it), exact full-ranking evaluation users/s (one forward pass per batch, then
+scores over all N items, each target's rank with nothing masked and with the history masked, and a top-10), the
+peak RSS, the training step time (full stage, AdamW, focal loss on the answer positions only) and the checkpoint size.
+
+Evaluation paths (`--eval`, each measured in turn in the same process, the peak RSS reset before each through
+/proc/self/clear_refs, so each path's peak is its own): `streamed` (what `recipes.evaluate` does: score blocks from
+`iter_prompt_scores`, ranks and top-10 kept per batch, O(batch x N) scores) and `full` (what it did before: the
+(users, N) matrix from `score_prompts`, then ranks, history mask and top-10 over all of it).
+
+Titles are random words and images random pixels, generated here; each user has a 50-item history, the last 10
+shown with title and image (the ML-100K config's layout).
 Writes `outputs/scaling/scaling.json`, the PNG (`--png`) and prints the Markdown table with the fitted log-log slope.
 
 Usage: python -m benchmarks.scaling [--sizes 1000 10000 100000 1000000] [--users 64] [--png FILE]
+       [--eval streamed full] [--eval-batch 32] [--skip-train]
 """
 
 import argparse
+import gc
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -45,7 +53,43 @@ def _synthetic_users(num_items: int, users: int, rng: random.Random, image_size:
     return titles, images, histories
 
 
-def measure(num_items: int, users: int, train_batch: int, train_steps: int, seed: int = 0) -> dict:
+def _reset_peak_rss() -> bool:
+    """Set this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mib() -> float:
+    for text in Path("/proc/self/status").read_text().splitlines():
+        if text.startswith("VmRSS:"):
+            return int(text.split()[1]) / 1024.0
+    return float("nan")
+
+
+def evaluate_path(path: str, model, processor, prompts: list[dict], targets: list[int], histories: list[list[int]],
+                  batch_size: int):
+    """Ranks (nothing masked, history masked) and top-10 of every user: `streamed` or `full` (see the module doc)."""
+    import torch
+
+    from modeling_unimp.catalogue_cache import iter_prompt_scores, score_prompts
+    from processing.metrics_unimp import rank_of_targets
+    from recipes.evaluate import history_mask, streamed_target_ranks
+
+    if path == "streamed":
+        blocks = iter_prompt_scores(model, processor, prompts, batch_size=batch_size)
+        return streamed_target_ranks(blocks, targets, histories, top_k=10)
+    scores = score_prompts(model, processor, prompts, batch_size=batch_size)
+    exclude = history_mask(histories, processor.num_items)
+    return {"none": rank_of_targets(scores, torch.tensor(targets)),
+            "history": rank_of_targets(scores, torch.tensor(targets), exclude=exclude),
+            "top_k": scores.topk(10, dim=-1).indices}
+
+
+def measure(num_items: int, users: int, train_batch: int, train_steps: int, seed: int = 0, *,
+            eval_paths=("streamed",), eval_batch: int = 32, skip_train: bool = False) -> dict:
     """One catalogue size, in this process."""
     import torch
     from transformers import set_seed
@@ -60,11 +104,12 @@ def measure(num_items: int, users: int, train_batch: int, train_steps: int, seed
     from modeling_unimp.prompt_templates import render_record
     from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments
     from processing import UniMPDataCollator
+    from recipes.common import set_torch_threads
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    set_torch_threads()  # every core, unless OMP_NUM_THREADS says otherwise
     set_seed(seed)
     rng = random.Random(seed)
-    out = {"num_items": num_items, "users": users}
+    out = {"num_items": num_items, "users": users, "torch_threads": torch.get_num_threads()}
     started = time.perf_counter()
     config = UniMPConfig.tiny()
     image_size = config.vision_config.image_size
@@ -84,16 +129,35 @@ def measure(num_items: int, users: int, train_batch: int, train_steps: int, seed
 
     prompts = [processor.render_prompt({"task": "rec", "history": [item(k) for k in history[:-1]]})
                for history in histories]
+    targets = [history[-1] for history in histories]
+    # the history mask must not hide the target (random histories may repeat it): mask the other items only
+    masked = [[k for k in history[:-1] if k != history[-1]] for history in histories]
     model.eval()
     score_prompts(model, processor, prompts[:2])  # warm-up (allocations)
-    started = time.perf_counter()
-    scores = score_prompts(model, processor, prompts, batch_size=32)
-    top = scores.topk(10, dim=-1)
-    seconds = time.perf_counter() - started
-    out["eval_users_per_s"] = users / seconds
-    out["eval_seconds_per_user"] = seconds / users
-    out["peak_rss_mib_eval"] = contract.peak_rss_mib()
-    assert top.indices.shape == (users, 10)
+    peak_so_far = contract.peak_rss_mib()  # the build's peak
+    out["eval_batch"], out["eval"], ranks = eval_batch, {}, {}
+    for path in eval_paths:
+        gc.collect()
+        reset = _reset_peak_rss()
+        before = _rss_mib()
+        started = time.perf_counter()
+        result = evaluate_path(path, model, processor, prompts, targets, masked, eval_batch)
+        seconds = time.perf_counter() - started
+        out["eval"][path] = {"users_per_s": users / seconds, "seconds_per_user": seconds / users,
+                             "rss_mib_before": before, "peak_rss_mib": contract.peak_rss_mib(),
+                             "peak_is_this_path_only": reset}
+        assert result["top_k"].shape == (users, 10)
+        ranks[path] = {key: value.tolist() for key, value in result.items()}
+        peak_so_far = max(peak_so_far, out["eval"][path]["peak_rss_mib"])
+        del result
+    if len(ranks) > 1:  # the paths rank the same scores the same way
+        out["eval_paths_agree"] = all(value == next(iter(ranks.values())) for value in ranks.values())
+    main_path = "streamed" if "streamed" in eval_paths else eval_paths[0]
+    out["eval_users_per_s"] = out["eval"][main_path]["users_per_s"]
+    out["eval_seconds_per_user"] = out["eval"][main_path]["seconds_per_user"]
+    out["peak_rss_mib_eval"] = peak_so_far  # the process's peak up to here (build and every eval path)
+    if skip_train:
+        return out
 
     records = [{"task": "rec", "user_id": str(n), "history": [item(k) for k in h[:-1]], "target": item(h[-1])}
                for n, h in enumerate(histories)]
@@ -118,7 +182,7 @@ def measure(num_items: int, users: int, train_batch: int, train_steps: int, seed
         trainer.train()
         out["train_step_s"] = (times[-1] - times[1]) / (len(times) - 2)  # steps after the first (optimizer state)
         out["train_batch"] = train_batch
-        out["peak_rss_mib"] = contract.peak_rss_mib()
+        out["peak_rss_mib"] = max(peak_so_far, contract.peak_rss_mib())
         model.save_pretrained(folder + "/checkpoint")
         processor.save_pretrained(folder + "/checkpoint")
         out["checkpoint_mib"] = sum(path.stat().st_size for path in Path(folder, "checkpoint").iterdir()) / 2**20
@@ -155,6 +219,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
+    if any("train_step_s" not in row for row in rows):  # --skip-train: evaluation only
+        return eval_table(rows)
     lines = ["| items | params (M) | build s | eval users/s | eval s/user | peak RSS MiB | train step s "
              "| checkpoint MiB |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -167,6 +233,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + f"\n\nFitted log-log slopes vs items: {slopes}"
 
 
+def eval_table(rows: list[dict]) -> str:
+    lines = ["| items | eval path | eval batch | eval users/s | RSS before eval MiB | peak RSS during eval MiB |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        for path, measured in row["eval"].items():
+            lines.append(f"| {row['num_items']:,} | {path} | {row['eval_batch']} | {measured['users_per_s']:.1f} | "
+                         f"{measured['rss_mib_before']:,.0f} | {measured['peak_rss_mib']:,.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000, 1000000])
@@ -175,15 +251,24 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--out", default=str(REPO / "outputs/scaling/scaling.json"))
     parser.add_argument("--png", default=str(REPO / "benchmarks/results/scaling.png"))
+    parser.add_argument("--eval", nargs="+", default=["streamed"], choices=["streamed", "full"],
+                        help="evaluation paths, measured in this order in each size's process")
+    parser.add_argument("--eval-batch", type=int, default=32, help="users per evaluation forward pass")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="evaluation only: no training step, no checkpoint (no PNG; the eval table)")
     parser.add_argument("--_one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._one:
-        print(json.dumps(measure(args._one, args.users, args.train_batch, args.train_steps)))
+        print(json.dumps(measure(args._one, args.users, args.train_batch, args.train_steps,
+                                 eval_paths=tuple(args.eval), eval_batch=args.eval_batch,
+                                 skip_train=args.skip_train)))
         return []
     rows = []
     for size in args.sizes:
         command = [sys.executable, "-m", "benchmarks.scaling", "--_one", str(size), "--users", str(args.users),
-                   "--train-batch", str(args.train_batch), "--train-steps", str(args.train_steps)]
+                   "--train-batch", str(args.train_batch), "--train-steps", str(args.train_steps),
+                   "--eval", *args.eval, "--eval-batch", str(args.eval_batch)] + (
+                       ["--skip-train"] if args.skip_train else [])
         print(f"[scaling] {size:,} items ...", flush=True)
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
@@ -194,8 +279,9 @@ def main(argv=None) -> list[dict]:
     report = {"date": contract.utc_now(), "commit": contract.git_commit(), "cpu": contract.cpu_info(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    if len(rows) >= 2:
+    if len(rows) >= 2 and not args.skip_train:
         plot(rows, Path(args.png))
+    if rows and (len(rows) >= 2 or args.skip_train):
         print(table(rows))
     return rows
 

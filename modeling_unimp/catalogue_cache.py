@@ -5,7 +5,7 @@ Checkpoint file (the pipeline uses it): imports torch, numpy, PIL and same-folde
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -195,11 +195,12 @@ def gather_image_hidden_states(cache: UniMPImageCache, model, images: list[list]
     return {"image_hidden_states": out.flatten(1, 2), "present": slots}
 
 
-@torch.inference_mode()
-def score_prompts(model, processor, prompts: Sequence[dict], *, cache: UniMPImageCache | None = None,
-                  batch_size: int = 64, progress=None) -> torch.Tensor:
-    """Exact full-catalogue scores of evaluation prompts (ending at `<answer>`), fast: `score_items` on right-padded
-    batches of similar length, images as cached perceiver latents (each catalogue image encoded once per weights).
+def iter_prompt_scores(model, processor, prompts: Sequence[dict], *, cache: UniMPImageCache | None = None,
+                       batch_size: int = 64, progress=None) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Exact full-catalogue scores of evaluation prompts (ending at `<answer>`), one batch at a time: `score_items`
+    on right-padded batches of similar length, images as cached perceiver latents (each catalogue image encoded once
+    per weights). Only one (batch, num_items) block is alive at a time, so a caller that keeps what it needs per
+    batch (ranks, a top-k) evaluates in O(batch x num_items) memory instead of O(prompts x num_items) (issue 13).
 
     Args:
         model: a `UniMPForConditionalGeneration` with the processor's catalogue.
@@ -208,24 +209,41 @@ def score_prompts(model, processor, prompts: Sequence[dict], *, cache: UniMPImag
         cache: the image cache to use (and fill); a fresh one when None.
         batch_size: prompts per forward pass.
         progress: optional wrapper of the batch iterator (e.g. `tqdm`).
-    Returns: (n, num_items) float32 item logits, in the order of `prompts`.
+    Yields: `(rows, scores)`: the indices into `prompts` of one batch (sorted by prompt length, not in `prompts`'
+        order) and their (len(rows), num_items) float32 item logits, row for row.
     """
     cache = cache if cache is not None else UniMPImageCache(processor)
     model.eval()
-    # prompts of similar length share a batch: little padding (order restored below)
+    # prompts of similar length share a batch: little padding (the rows say where each score row belongs)
     order = sorted(range(len(prompts)), key=lambda n: len(prompts[n]["text"]))
-    scores = torch.empty(len(prompts), processor.num_items)
     batches = range(0, len(order), batch_size)
     for start in progress(batches) if progress is not None else batches:
         rows = order[start : start + batch_size]
         texts, images = [prompts[n]["text"] for n in rows], [list(prompts[n]["images"]) for n in rows]
-        batch = processor(text=texts, images=images, padding_side="right", return_pixel_values=False)
-        encoded = gather_image_hidden_states(cache, model, images)
-        image_attention_mask = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)  # undecodable: none
-        scores[rows] = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         image_hidden_states=encoded["image_hidden_states"],
-                                         image_attention_mask=image_attention_mask).float()
+        with torch.inference_mode():  # not around the generator: a caller's work between batches is its own
+            batch = processor(text=texts, images=images, padding_side="right", return_pixel_values=False)
+            encoded = gather_image_hidden_states(cache, model, images)
+            image_attention_mask = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)  # undecodable
+            scores = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       image_hidden_states=encoded["image_hidden_states"],
+                                       image_attention_mask=image_attention_mask).float()
+        yield rows, scores
+
+
+@torch.inference_mode()
+def score_prompts(model, processor, prompts: Sequence[dict], *, cache: UniMPImageCache | None = None,
+                  batch_size: int = 64, progress=None) -> torch.Tensor:
+    """All of `iter_prompt_scores` in one (n, num_items) float32 matrix, in the order of `prompts`.
+
+    Holds n x num_items floats (4 MB per prompt at 1M items): to rank or take a top-k, iterate `iter_prompt_scores`
+    and keep only those (`recipes.evaluate.evaluate_recommendation` does).
+    """
+    scores = torch.empty(len(prompts), processor.num_items)
+    for rows, block in iter_prompt_scores(model, processor, prompts, cache=cache, batch_size=batch_size,
+                                          progress=progress):
+        scores[rows] = block
     return scores
 
 
-__all__ = ["UniMPImageCache", "gather_image_hidden_states", "score_prompts", "weights_fingerprint"]
+__all__ = ["UniMPImageCache", "gather_image_hidden_states", "iter_prompt_scores", "score_prompts",
+           "weights_fingerprint"]

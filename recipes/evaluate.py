@@ -14,12 +14,13 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from modeling_unimp.catalogue_cache import UniMPImageCache, score_prompts
+from modeling_unimp.catalogue_cache import UniMPImageCache, iter_prompt_scores, score_prompts
 from modeling_unimp.pipeline_unimp import decode_rating_answer, generate_rating_answers
 from modeling_unimp.prompt_templates import RATING_TOKENS
 from processing import UniMPDataCollator
@@ -52,14 +53,64 @@ def ranking_metrics(scores: torch.Tensor, targets: list[int], ks, exclude: torch
     return compute_ranking_metrics_from_ranks(ranks, ks=tuple(ks))
 
 
+def history_item_indices(dataset_dict, processor, user_ids: list[str], split: str) -> list[list[int]]:
+    """Each user's history item indices before the `split` target, in `user_ids`' order."""
+    rows = {row["user_id"]: row for row in dataset_dict[split]}
+    return [[processor.item_index(item_id) for item_id in rows[user_id]["history_item_ids"]] for user_id in user_ids]
+
+
+def history_mask(histories: list[list[int]], num_items: int) -> torch.Tensor:
+    """(len(histories), num_items) True on each row's history item indices."""
+    mask = torch.zeros(len(histories), num_items, dtype=torch.bool)
+    rows = [n for n, history in enumerate(histories) for _ in history]
+    mask[rows, [index for history in histories for index in history]] = True
+    return mask
+
+
 def training_history_mask(dataset_dict, processor, user_ids: list[str], split: str) -> torch.Tensor:
     """(n, num_items) True on each user's history items before the `split` target (general-model masking)."""
-    rows = {row["user_id"]: row for row in dataset_dict[split]}
-    mask = torch.zeros(len(user_ids), processor.num_items, dtype=torch.bool)
-    for n, user_id in enumerate(user_ids):
-        for item_id in rows[user_id]["history_item_ids"]:
-            mask[n, processor.item_index(item_id)] = True
-    return mask
+    return history_mask(history_item_indices(dataset_dict, processor, user_ids, split), processor.num_items)
+
+
+def streamed_target_ranks(batches: Iterable[tuple[list[int], torch.Tensor]], targets: list[int],
+                          histories: list[list[int]], *, top_k: int = 0) -> dict[str, torch.Tensor]:
+    """Ranks of each user's target from score blocks, keeping nothing of size num_items across blocks (issue 13).
+
+    Args:
+        batches: `(rows, scores)` blocks (`iter_prompt_scores`), `scores` of shape (len(rows), num_items) for the
+            users `rows` (indices into `targets`); every user once.
+        targets: each user's target item index.
+        histories: each user's history item indices (`history_item_indices`), masked for the `history` ranks.
+        top_k: also keep each user's top-`top_k` item indices (scores descending; 0: none).
+    Returns:
+        `{"none", "history"}`: (n,) 1-based pessimistic ranks (`rank_of_targets`: ties count against the target)
+        with nothing masked and with the user's history set to -inf, plus `"top_k"` (n, top_k) when asked. The same
+        comparisons on the same scores as `rank_of_targets` on the full (n, num_items) matrix, so equal ranks; the
+        peak is a few (batch, num_items) tensors (scores, mask, masked copy).
+    """
+    count = len(targets)
+    ranks = {"none": torch.zeros(count, dtype=torch.long), "history": torch.zeros(count, dtype=torch.long)}
+    top = torch.zeros(count, top_k, dtype=torch.long) if top_k else None
+    seen = torch.zeros(count, dtype=torch.bool)
+    for rows, scores in batches:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        batch_targets = torch.as_tensor([targets[n] for n in rows], dtype=torch.long)
+        ranks["none"][index] = rank_of_targets(scores, batch_targets)
+        exclude = history_mask([histories[n] for n in rows], scores.shape[1])
+        ranks["history"][index] = rank_of_targets(scores, batch_targets, exclude=exclude)
+        if top is not None:
+            top[index] = scores.topk(min(top_k, scores.shape[1]), dim=-1).indices
+        seen[index] = True
+    if not seen.all():
+        raise ValueError(f"{int((~seen).sum())} of {count} users had no score block")
+    return ranks if top is None else {**ranks, "top_k": top}
+
+
+def _row_blocks(scores: torch.Tensor, count: int, batch_size: int):
+    """`(rows, scores)` blocks of one shared (num_items,) score vector (a baseline), batch_size users at a time."""
+    for start in range(0, count, batch_size):
+        rows = list(range(start, min(start + batch_size, count)))
+        yield rows, scores.expand(len(rows), -1)
 
 
 def popularity_scores(dataset_dict, processor) -> torch.Tensor:
@@ -98,6 +149,10 @@ def evaluate_recommendation(
     also `ranks`: `{"user_ids", "target_item_ids", "none", "history"}` (lists), the 1-based rank of each user's target
     (ties counted against it, `rank_of_targets`) in the split's row order, for paired tests (issue 11).
     `image_cache` keeps encoded images across calls (`score_examples`).
+
+    Memory O(batch_size x num_items), not O(users x num_items) (issue 13): scores come one batch at a time
+    (`iter_prompt_scores`) and only each user's two target ranks are kept (`streamed_target_ranks`); the metrics are
+    functions of the ranks. `eval_users_per_second` times scoring and ranking together.
     """
     if examples is None:  # pre-rendered examples (render_examples(..., tasks=["rec"], split=split)) may be passed
         examples = render_examples(
@@ -107,21 +162,23 @@ def evaluate_recommendation(
         )
     targets = [example["target_index"] for example in examples]
     users = [example["user_id"] for example in examples]
+    histories = history_item_indices(dataset_dict, processor, users, split)
     started = time.perf_counter()
-    scores = score_examples(model, processor, examples, batch_size=batch_size, progress=progress,
-                            image_cache=image_cache)
+    blocks = iter_prompt_scores(model, processor, examples, cache=image_cache, batch_size=batch_size,
+                                progress=lambda batches: tqdm(batches, desc="scoring", disable=not progress))
+    ranks = streamed_target_ranks(blocks, targets, histories)
     users_per_second = len(examples) / max(time.perf_counter() - started, 1e-9)
-    history = training_history_mask(dataset_dict, processor, users, split)
-    popularity = popularity_scores(dataset_dict, processor).expand(len(examples), -1)
+    popularity = streamed_target_ranks(_row_blocks(popularity_scores(dataset_dict, processor), len(examples),
+                                                   batch_size), targets, histories)
+    ks = tuple(ks)
     results = {"num_users": len(examples), "eval_users_per_second": round(users_per_second, 1),
-               "unimp": ranking_metrics(scores, targets, ks),
-               "unimp_masked": ranking_metrics(scores, targets, ks, exclude=history),
-               "pop": ranking_metrics(popularity, targets, ks),
-               "pop_masked": ranking_metrics(popularity, targets, ks, exclude=history)}
+               "unimp": compute_ranking_metrics_from_ranks(ranks["none"], ks=ks),
+               "unimp_masked": compute_ranking_metrics_from_ranks(ranks["history"], ks=ks),
+               "pop": compute_ranking_metrics_from_ranks(popularity["none"], ks=ks),
+               "pop_masked": compute_ranking_metrics_from_ranks(popularity["history"], ks=ks)}
     if return_ranks:
         results["ranks"] = {"user_ids": users, "target_item_ids": [processor.item_ids[t] for t in targets],
-                            "none": rank_of_targets(scores, torch.tensor(targets)).tolist(),
-                            "history": rank_of_targets(scores, torch.tensor(targets), exclude=history).tolist()}
+                            "none": ranks["none"].tolist(), "history": ranks["history"].tolist()}
     return results
 
 
