@@ -24,6 +24,7 @@ from modeling_unimp.catalogue_cache import UniMPImageCache, iter_prompt_scores, 
 from modeling_unimp.pipeline_unimp import decode_rating_answer, generate_rating_answers
 from modeling_unimp.prompt_templates import RATING_TOKENS
 from processing import UniMPDataCollator
+from processing.datasets_unimp import PROTOCOLS
 from processing.metrics_unimp import (
     EMPTY_EXPLANATION,
     compute_ranking_metrics_from_ranks,
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--dataset", default=None, help="default: the one the checkpoint was trained on")
-    parser.add_argument("--protocol", default=None, choices=["leave_one_out", "user_disjoint"],
+    parser.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                         help="default: the checkpoint's")
     parser.add_argument("--use-images", action=argparse.BooleanOptionalAction, default=None,
                         help="default: the checkpoint's (the no_images ablation trains and tests without)")
