@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks clean
+.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain clean
 
 setup: $(STAMP)
 
@@ -134,6 +134,23 @@ bench-soak: $(STAMP)
 # One contract line per (dataset, task, model) in benchmarks/results/, the summary in outputs/bench/tasks.json.
 bench-tasks: $(STAMP)
 	nice -n 15 $(BIN)/python -m benchmarks.tasks $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+# New-domain transfer (issue 12, BENCHMARKS.md "New-domain transfer"): UniMP-tiny trained on Amazon MI with
+# item_representation=content, ranked on the Amazon 2018 small categories (Gift Cards + Magazine Subscriptions) zero-shot
+# (the target items added as content items, ranked over the target catalogue only) and after a short fine-tune (its
+# step chosen on target validation), next to popularity and target-only SASRec (RecBole, 3 seeds) on the same split;
+# contract lines in benchmarks/results/amazon-2018.jsonl. Trains the source (~15 min) unless SOURCE_CHECKPOINT=<dir>
+# (a content checkpoint of amazon-mi). Resumable: rows already in the file are skipped (FORCE=--force reruns them).
+NEW_DOMAIN_SASREC_SET ?=
+$(PEER_DATA)/amazon-2018/.exported: $(STAMP) processing/datasets_unimp.py benchmarks/recbole_export.py
+	$(BIN)/python -m benchmarks.recbole_export $(PEER_DATA) amazon-2018-small-5core
+	touch $@
+
+bench-new-domain: $(STAMP) $(RECBOLE_STAMP) $(PEER_DATA)/amazon-2018/.exported
+	$(PEERS_RUN) --datasets amazon-2018 --models Pop --set Pop:pop_count_fix=true
+	$(PEERS_RUN) --datasets amazon-2018 --models SASRec $(NEW_DOMAIN_SASREC_SET)
+	nice -n 10 $(BIN)/python -m benchmarks.new_domain --atomic-dir $(PEER_DATA) \
+	  $(if $(SOURCE_CHECKPOINT),--source-checkpoint $(SOURCE_CHECKPOINT)) $(FORCE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check modeling_unimp processing recipes tests benchmarks app
