@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain clean
+.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain bench-preference clean
 
 setup: $(STAMP)
 
@@ -118,6 +118,17 @@ bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 bench-item-content: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
 	  --variants content id_content --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
+
+# Preference tuning (issue 14, BENCHMARKS.md §6): SFT only vs SFT + S-DPO vs SFT + DPO vs SFT + as many supervised
+# steps, from bench-unimp's SFT starts (outputs/bench/<dataset>-unimp-s<seed>/, read only). First the β / N grid on
+# one start (PREF_GRID_DATASET, seed 0; validation only: benchmarks/results/preference_grid.json), then the chosen
+# settings on every dataset and seed whose start exists, one contract line per run and masking in
+# benchmarks/results/<dataset>.jsonl (variants sft+sdpo, sft+dpo, sft+sft). Resumable; rerun as more starts land.
+PREF_GRID_DATASET ?= ml100k
+bench-preference: $(STAMP) $(PEER_DATA)/.exported
+	nice -n 10 $(BIN)/python -m benchmarks.run_preference --grid --datasets $(PREF_GRID_DATASET) $(FORCE)
+	nice -n 10 $(BIN)/python -m benchmarks.run_preference --datasets ml100k hm amazon-mi --seeds $(UNIMP_SEEDS) \
+	  --atomic-dir $(PEER_DATA) $(FORCE)
 
 # One command: every row of §1.1 (peers, then UniMP-tiny; rows in the result files are skipped), then the tables.
 bench: bench-peers bench-rating-peers bench-unimp
