@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain bench-preference clean
+.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain bench-cold-items bench-preference clean
 
 setup: $(STAMP)
 
@@ -118,6 +118,17 @@ bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 bench-item-content: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
 	  --variants content id_content --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
+
+# Issue 12, cold-start items (BENCHMARKS.md "Cold-start items"): protocol cold_items (leave-one-out, a seeded 10 % of
+# the items held out of training), scored on the test users whose target is cold. Pop and ContentKNN-MiniLM (minutes),
+# then UniMP-tiny item_representation content and id+content at the step budget of step_budgets.json (one seed, ~20
+# min per run; a dataset without a budget is reported and skipped). Lines in benchmarks/results/<dataset>.jsonl with
+# protocol cold_items (kept out of §1.1). Resumable: rows already there are skipped (FORCE=--force reruns them);
+# COLD_ARGS=--baselines-only runs the baselines alone.
+COLD_SEEDS ?= 0
+bench-cold-items: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.cold_items --datasets ml100k hm amazon-mi --seeds $(COLD_SEEDS) \
+	  $(COLD_ARGS) $(FORCE)
 
 # Preference tuning (issue 14, BENCHMARKS.md §6): SFT only vs SFT + S-DPO vs SFT + DPO vs SFT + as many supervised
 # steps, from bench-unimp's SFT starts (outputs/bench/<dataset>-unimp-s<seed>/, read only). First the β / N grid on
