@@ -40,11 +40,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import results as contract  # noqa: E402  (standard library only)
 import run_benchmark as bench  # noqa: E402  (the SFT runs' configs, split order, ranks, logging)
 
-PREFERENCE_CONFIGS = {
-    "ml100k": REPO / "recipes/configs/preference_ml100k.yaml",
-    "hm": REPO / "recipes/configs/preference_hm.yaml",
-    "amazon-mi": REPO / "recipes/configs/preference_amazon_mi.yaml",
-}
+PREFERENCE_CONFIGS = {dataset: REPO / f"recipes/configs/preference_{dataset.replace('-', '_')}.yaml"
+                      for dataset in bench.CONFIGS}
 # Optimizer steps of every preference (and control) run, and validation NDCG@10 (and a checkpoint) every EVAL_EVERY:
 # a preference step took 5.3-5.4 s on one core (ML-100K and H&M, batch 32, N = 8, 2 cores under a load of 4-7), so
 # a run is about 80 x 5.4 s + 5 validations, ~10 minutes (BENCHMARKS.md §6).

@@ -156,3 +156,14 @@ def tiny_processor(tiny_tokenizer):
     from modeling_unimp import UniMPProcessor
 
     return UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), image_size=32, **TINY_CATALOGUE)
+
+
+def fake_evaluation(order: list[tuple[str, str, str]], split: str, none: dict, history: dict) -> dict:
+    """A `recipes.evaluate` metrics_<split>.json with the given per-user ranks, users in reverse split order."""
+    users = [row[0] for row in reversed(order)]  # recipes.evaluate's row order need not be the split file's
+    column = 2 if split == "test" else 1
+    target = {row[0]: row[column] for row in order}
+    return {"eval_users_per_second": 50.0, "num_items": 9, "max_history_items": 50, "context_order": "next_item",
+            "content_history_items": 10,
+            "ranks": {"user_ids": users, "target_item_ids": [target[u] for u in users],
+                      "none": [none[u] for u in users], "history": [history[u] for u in users]}}

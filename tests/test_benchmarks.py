@@ -4,7 +4,7 @@ import importlib.util
 import json
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, fake_evaluation
 
 
 def _load_run_benchmark():
@@ -67,16 +67,6 @@ def test_budget_is_the_first_step_with_the_best_validation_ndcg(tmp_path):
     assert bench.choose_budget({150: 0.03, 300: 0.05, 450: 0.05, 600: 0.04}) == 300  # ties: the earlier step
 
 
-def _evaluated(order: list[tuple[str, str, str]], split: str, none: dict, history: dict) -> dict:
-    users = [row[0] for row in reversed(order)]  # recipes.evaluate's row order need not be the split file's
-    column = 2 if split == "test" else 1
-    target = {row[0]: row[column] for row in order}
-    return {"eval_users_per_second": 50.0, "num_items": 9, "max_history_items": 50, "context_order": "next_item",
-            "content_history_items": 10,
-            "ranks": {"user_ids": users, "target_item_ids": [target[u] for u in users],
-                      "none": [none[u] for u in users], "history": [history[u] for u in users]}}
-
-
 def test_contract_lines_carry_every_user_in_split_order_for_both_maskings(tmp_path):
     import sys
 
@@ -89,9 +79,9 @@ def test_contract_lines_carry_every_user_in_split_order_for_both_maskings(tmp_pa
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"global_step": 300, "best_checkpoint": f"{run}/checkpoint-300",
                                                   "trainer_seconds": 99.5, "peak_rss_mib": 1234.0}))
-    (run / "metrics_test.json").write_text(json.dumps(_evaluated(
+    (run / "metrics_test.json").write_text(json.dumps(fake_evaluation(
         order, "test", {"u1": 1, "u2": 12, "u3": 4}, {"u1": 1, "u2": 7, "u3": 2})))
-    (run / "metrics_validation.json").write_text(json.dumps(_evaluated(
+    (run / "metrics_validation.json").write_text(json.dumps(fake_evaluation(
         order, "validation", {"u1": 30, "u2": 2, "u3": 5}, {"u1": 25, "u2": 1, "u3": 5})))
     lines = bench.contract_lines("ml100k", "unimp", 1, 300, run, order)
     contract.append_results(lines, tmp_path / "results")  # validates every field, metrics against ranks
@@ -102,11 +92,11 @@ def test_contract_lines_carry_every_user_in_split_order_for_both_maskings(tmp_pa
     assert by_masking["history"]["valid_metrics"]["hr@5"] == 2 / 3  # ranks 1 and 5 of 25, 1, 5
     assert by_masking["none"]["users_sha256"] == contract.users_digest(["u1", "u2", "u3"])
     # a user missing from UniMP's ranking, or a different target, is refused before anything is written
-    (run / "metrics_test.json").write_text(json.dumps(_evaluated(order[:2], "test", {"u1": 1, "u2": 2},
+    (run / "metrics_test.json").write_text(json.dumps(fake_evaluation(order[:2], "test", {"u1": 1, "u2": 2},
                                                                  {"u1": 1, "u2": 2})))
     with pytest.raises(ValueError, match="UniMP ranked 2 users, the split file has 3"):
         bench.contract_lines("ml100k", "unimp", 1, 300, run, order)
-    (run / "metrics_test.json").write_text(json.dumps(_evaluated(
+    (run / "metrics_test.json").write_text(json.dumps(fake_evaluation(
         [("u1", "i1", "i2"), ("u2", "i3", "i9"), ("u3", "i5", "i6")], "test", {"u1": 1, "u2": 2, "u3": 3},
         {"u1": 1, "u2": 2, "u3": 3})))
     with pytest.raises(ValueError, match="user 'u2' has target 'i9'"):

@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, fake_evaluation
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import results as contract  # noqa: E402
@@ -81,16 +81,6 @@ def test_overrides_parse_as_the_recipes_read_them():
     assert recipe.max_eval_users == config["max_eval_users"]
 
 
-def _evaluated(order, split, none, history):
-    users = [row[0] for row in reversed(order)]
-    column = 2 if split == "test" else 1
-    target = {row[0]: row[column] for row in order}
-    return {"eval_users_per_second": 50.0, "num_items": 9, "max_history_items": 50, "context_order": "next_item",
-            "content_history_items": 10,
-            "ranks": {"user_ids": users, "target_item_ids": [target[u] for u in users],
-                      "none": [none[u] for u in users], "history": [history[u] for u in users]}}
-
-
 def _fake_runs(tmp_path, order):
     start = tmp_path / "bench" / "ml100k-unimp-s0"
     start.mkdir(parents=True)
@@ -103,9 +93,9 @@ def _fake_runs(tmp_path, order):
         "global_step": 100, "best_checkpoint": f"{run}/checkpoint-75", "trainer_seconds": 500.0,
         "peak_rss_mib": 1400.0, "validation_before": {"ndcg@10": 0.07},
         "preference": {"loss_type": "sdpo", "beta": 0.1, "num_negatives": 4, "seconds_per_step": 5.0}}))
-    (run / "metrics_test.json").write_text(json.dumps(_evaluated(order, "test", {"u1": 1, "u2": 12, "u3": 4},
+    (run / "metrics_test.json").write_text(json.dumps(fake_evaluation(order, "test", {"u1": 1, "u2": 12, "u3": 4},
                                                                  {"u1": 1, "u2": 7, "u3": 2})))
-    (run / "metrics_validation.json").write_text(json.dumps(_evaluated(order, "validation",
+    (run / "metrics_validation.json").write_text(json.dumps(fake_evaluation(order, "validation",
                                                                        {"u1": 30, "u2": 2, "u3": 5},
                                                                        {"u1": 25, "u2": 1, "u3": 5})))
     return start, run
