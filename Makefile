@@ -111,7 +111,7 @@ bench-unimp: $(STAMP) $(PEER_DATA)/.exported
 # The ablations (BENCHMARKS.md §1.4), one seed each, at the same step budgets; their lines carry the variant name.
 bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
-	  --variants paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint \
+	  --variants paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint pretrained_vision \
 	  --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
 
 # Issue 12: item tokens as content (item_representation content / id+content) next to the id default, 1 seed each.

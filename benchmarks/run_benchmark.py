@@ -60,16 +60,38 @@ VARIANTS = {
     # default ("unimp") is item_representation=id
     "content": ["item_representation=content"],
     "id_content": ["item_representation=id+content"],
+    # issue 12 item 5: the vision tower starts from `recipes.pretrain_vision` (contrastive against MiniLM item text,
+    # BENCHMARKS §4) instead of random; `{dataset}` is the builder name (the recipe's output folder)
+    "pretrained_vision": ["vision_model_name_or_path=outputs/pretrain_vision/{dataset}"],
 }
+# Configs of the recipes that must have run before a variant: `make bench-ablations` runs them when their output is
+# missing (`ensure_prerequisites`).
+PREREQUISITES = {"pretrained_vision": ("recipes.pretrain_vision", "recipes/configs/pretrain_vision_{short}.yaml",
+                                       "outputs/pretrain_vision/{dataset}")}
 # Variants that only mean something on some datasets: the configs of ml100k and hm train rec alone (so
 # single_task is their default), amazon-mi trains rec + exp (its multi_task), H&M has no ratings for the exp task,
 # and only ml100k's config shows 50 history items.
 APPLIES_TO = {"single_task": {"amazon-mi"}, "multi_task": {"ml100k"}, "short_history": {"ml100k"},
-              "long_history": {"hm", "amazon-mi"}}
+              "long_history": {"hm", "amazon-mi"}, "pretrained_vision": {"ml100k", "hm"}}  # Amazon MI: no images
 MASKING_NOTES = {
     "none": "nothing masked: every catalogue item is ranked (RecBole's sequential-model convention)",
     "history": "the user's history items (train items, + the valid item at test) set to -inf before ranking",
 }
+
+
+def variant_overrides(variant: str, dataset: str) -> list[str]:
+    """The `recipes.train` overrides of `variant` on `dataset` (`{dataset}` = the builder name)."""
+    return [override.format(dataset=BUILDER_NAMES[dataset]) for override in VARIANTS[variant]]
+
+
+def ensure_prerequisites(variant: str, dataset: str, log: Path) -> None:
+    """Run the recipe a variant starts from (e.g. the vision pretraining) when its output folder is missing."""
+    if variant not in PREREQUISITES:
+        return
+    module, config, output = (part.format(dataset=BUILDER_NAMES[dataset], short=dataset.replace("-", "_"))
+                              for part in PREREQUISITES[variant])
+    if not (REPO / output).exists():
+        run_logged([sys.executable, "-m", module, str(REPO / config), f"output_dir={REPO / output}"], log)
 
 
 def variant_name(variant: str) -> str:
@@ -223,7 +245,7 @@ def contract_lines(dataset: str, variant: str, seed: int, steps: int, run_dir: P
         "users_sha256": contract.users_digest(row[0] for row in order),
         "valid_users": len(valid_ranks["none"]),
         "rank_ties": "pessimistic: r = #{items j not masked : s_j >= s_target}",
-        "config": str(CONFIGS[dataset].relative_to(REPO)), "overrides": VARIANTS[variant],
+        "config": str(CONFIGS[dataset].relative_to(REPO)), "overrides": variant_overrides(variant, dataset),
         "history_window": {k: test[k] for k in ("max_history_items", "context_order", "content_history_items")},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
@@ -245,9 +267,10 @@ def run_seed(dataset: str, variant: str, seed: int, steps: int, out_dir: Path, e
     log = out_dir / f"{dataset}-{variant}-s{seed}.log"
     started = time.time()
     if not (run_dir / "metrics.json").exists():   # recipes.train resumes from run_dir's last checkpoint
+        ensure_prerequisites(variant, dataset, log)
         run_logged([sys.executable, "-m", "recipes.train", str(CONFIGS[dataset]), f"output_dir={run_dir}",
                     f"seed={seed}", "disable_tqdm=true", *schedule_overrides(steps, EVAL_EVERY[dataset]),
-                    *VARIANTS[variant], *extra], log)
+                    *variant_overrides(variant, dataset), *extra], log)
     if variant == "user_disjoint":   # other users than the peers' split: nothing to pair, no contract lines
         return json.loads((run_dir / "metrics.json").read_text())
     if not (run_dir / "metrics_test.json").exists():

@@ -125,3 +125,21 @@ def test_rating_and_explanation_tables(tmp_path):
     assert "| UniMP-tiny, expected rating | 0.8300 | 1.0300 | 700 steps | 420 |" in table
     assert "### amazon-mi: explanation generation" in table
     assert "| repeat the user's latest explanation | 9 | 0.1000 | 0.1000 | 0.2000 |" in table
+
+
+def test_pretrained_vision_variant_starts_from_the_dataset_tower_and_pretrains_it_when_missing(tmp_path, monkeypatch):
+    bench = _load_run_benchmark()
+    assert bench.variant_overrides("pretrained_vision", "hm") == [
+        "vision_model_name_or_path=outputs/pretrain_vision/hm-sample"]
+    assert bench.variant_overrides("content", "hm") == ["item_representation=content"]
+    assert "amazon-mi" not in bench.APPLIES_TO["pretrained_vision"]  # no images to pretrain on
+    calls = []
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "run_logged", lambda command, log: calls.append(command[2:]))
+    bench.ensure_prerequisites("pretrained_vision", "ml100k", tmp_path / "log")
+    assert calls == [["recipes.pretrain_vision", str(tmp_path / "recipes/configs/pretrain_vision_ml100k.yaml"),
+                      f"output_dir={tmp_path / 'outputs/pretrain_vision/ml-100k-posters'}"]]
+    (tmp_path / "outputs/pretrain_vision/ml-100k-posters").mkdir(parents=True)
+    bench.ensure_prerequisites("pretrained_vision", "ml100k", tmp_path / "log")  # there already: nothing runs
+    bench.ensure_prerequisites("content", "ml100k", tmp_path / "log")
+    assert len(calls) == 1
