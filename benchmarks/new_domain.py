@@ -30,6 +30,7 @@ The target-only SASRec and RecBole Pop rows come from ``run_peers.py`` on the ex
 ``amazon-2018.split.tsv``, so all rows pair user by user.
 
 Usage: python -m benchmarks.new_domain [--source-checkpoint DIR] [--seeds 0] [--stages pop zero-shot fine-tune]
+       python -m benchmarks.new_domain --table   # the Markdown table of BENCHMARKS.md "New-domain transfer"
        python -m benchmarks.new_domain --source-steps 30 --finetune-steps 20 --finetune-eval-every 10 --no-results
 """
 
@@ -370,6 +371,35 @@ def land(lines: list[dict], results_dir: Path | None, label: str) -> None:
     print(f"[new-domain] {label}: test NDCG@10 {summary} -> {where}", flush=True)
 
 
+def format_table(lines: list[dict]) -> str:
+    """Markdown table of the target's result lines (BENCHMARKS.md "New-domain transfer"): one row per (model,
+    variant, masking), mean ± sample sd over seeds of the test metrics, validation NDCG@10, budget."""
+    import statistics
+
+    rows: dict[tuple, list[dict]] = {}
+    for line in lines:  # the last line of a row key wins (report.latest_lines' rule)
+        rows.setdefault((line["model"], line["variant"], line["masking"]), {})[line["seed"]] = line
+    out = ["| model | variant | masking | seeds | valid NDCG@10 | HR@10 | NDCG@10 | MRR@10 | HR@20 | NDCG@20 | "
+           "budget |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.4f}"
+        return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+    for (model, variant, masking), by_seed in sorted(rows.items(), key=lambda kv: (kv[0][0].startswith("UniMP"),
+                                                                                 kv[0])):
+        seeds = [by_seed[s] for s in sorted(by_seed)]
+        budgets = [line["budget"] for line in seeds]
+        budget = (", ".join(sorted({f"{b['steps']} steps" for b in budgets})) if all("steps" in b for b in budgets)
+                  else ", ".join(sorted({f"{b['epochs']} ep (best {b['best_epoch']})" for b in budgets})))
+        metrics = " | ".join(cell([line["metrics"][key] for line in seeds])
+                             for key in ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20"))
+        out.append(f"| {model} | {variant} | {masking} | {len(seeds)} | "
+                   f"{cell([line['valid_metrics']['ndcg@10'] for line in seeds])} | {metrics} | {budget} |")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -395,6 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=contract.RESULTS_DIR)
     parser.add_argument("--no-results", action="store_true", help="validate the lines but write none (smoke runs)")
     parser.add_argument("--force", action="store_true", help="rerun rows already in the results file")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the Markdown table of the results file's amazon-2018 lines")
     args = parser.parse_args(argv)
     if args.source_checkpoint is not None and len(args.seeds) != 1:
         parser.error("--source-checkpoint is one source model: give one --seeds value")
@@ -409,6 +441,9 @@ def main(argv: list[str] | None = None) -> dict:
     from processing.datasets_unimp import load_unimp_dataset
 
     args = parse_args(argv)
+    if args.table:
+        print(format_table(contract.read_results(contract.results_path(TARGET, args.results_dir))))
+        return {}
     args.out = args.out.resolve()  # the source run is a child process started in the repository root
     args.out.mkdir(parents=True, exist_ok=True)
     results_dir = None if args.no_results else args.results_dir

@@ -207,3 +207,12 @@ def test_real_target_catalogue_is_new_to_the_source_and_popularity_ranks_lie_in_
     assert len(ranked["none"]) == len(target["test"])
     assert all(1 <= r <= len(items) for r in ranked["none"] + ranked["history"])
     assert all(user.endswith(("_Gift_Cards", "_Magazine_Subscriptions")) for user in ranked["user_ids"])
+
+
+def test_table_has_one_row_per_model_variant_and_masking_with_the_seed_count():
+    lines, _ = _lines()
+    seeds = lines + [dict(line, seed=1) for line in lines]
+    table = new_domain.format_table(seeds).splitlines()
+    assert len(table) == 2 + 2  # header, rule, one row per masking
+    assert all("| UniMP-tiny | zero-shot from amazon-mi |" in row and "| 2 |" in row for row in table[2:])
+    assert " ± 0.0000" in table[2]
