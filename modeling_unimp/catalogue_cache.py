@@ -152,23 +152,26 @@ class UniMPImageCache:
         Args:
             model: a `UniMPForConditionalGeneration` (or its `UniMPModel`).
             images: image references (paths, PIL images, None).
+        Returns: latents on the model's device (the key holds the device: a moved model encodes again), the mask
+            on the CPU.
         """
         base = _unimp_model(model)
         fingerprint = weights_fingerprint(base.vision_model, base.perceiver)
         if fingerprint != self._latents_key:
             self._latents, self._latents_key = {}, fingerprint
         shape = (base.config.perceiver_num_latents, base.config.vision_config.hidden_size)
+        device = base.perceiver.latents.device
         keys, values, missing = self._lookup(self._latents, images)
         if missing:
             pixels, present = self.pixel_values(list(missing.values()))
             rows = present.nonzero().flatten()
-            latents = torch.zeros(len(missing), *shape, dtype=base.dtype)
+            latents = torch.zeros(len(missing), *shape, dtype=base.dtype, device=device)
             for start in range(0, len(rows), ENCODE_CHUNK):
                 chunk = rows[start : start + ENCODE_CHUNK]
-                latents[chunk] = base.get_image_features(pixels[chunk].unsqueeze(1))  # (c, L, E)
+                latents[chunk] = base.get_image_features(pixels[chunk].unsqueeze(1).to(device))  # (c, L, E)
             values.update(self._store(self._latents, missing,
                                       [latents[n] if present[n] else None for n in range(len(missing))]))
-        out = torch.zeros(len(images), *shape, dtype=base.dtype)
+        out = torch.zeros(len(images), *shape, dtype=base.dtype, device=device)
         present = torch.zeros(len(images), dtype=torch.bool)
         for n, key in enumerate(keys):
             if key is not None and values[key] is not None:
@@ -179,18 +182,19 @@ class UniMPImageCache:
 def gather_image_hidden_states(cache: UniMPImageCache, model, images: list[list]) -> dict[str, torch.Tensor]:
     """Per-prompt image lists -> `image_hidden_states` (B, N·L, E) from the cache and the (B, N) `present` mask.
 
-    Zeros fill padded or image-less slots; the processor's `image_attention_mask` already hides them.
+    Zeros fill padded or image-less slots; the processor's `image_attention_mask` already hides them. The latents
+    are on the model's device, the mask on the CPU.
     """
     flat = [image for row in images for image in row]
     latents, present = cache.image_hidden_states(model, flat)  # (n, L, E)
     batch_size, max_images = len(images), max((len(row) for row in images), default=0)
     num_latents, dim = latents.shape[1], latents.shape[2]
-    out = torch.zeros(batch_size, max_images, num_latents, dim, dtype=latents.dtype)
+    out = torch.zeros(batch_size, max_images, num_latents, dim, dtype=latents.dtype, device=latents.device)
     slots = torch.zeros(batch_size, max_images, dtype=torch.bool)
     lengths = np.array([len(row) for row in images])
     rows = torch.from_numpy(np.repeat(np.arange(batch_size), lengths))
     columns = torch.from_numpy(np.concatenate([np.arange(n) for n in lengths]) if len(flat) else np.zeros(0, int))
-    out[rows, columns] = latents
+    out[rows.to(out.device), columns.to(out.device)] = latents
     slots[rows, columns] = present
     return {"image_hidden_states": out.flatten(1, 2), "present": slots}
 

@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from .catalogue_cache import UniMPImageCache
+from .catalogue_cache import UniMPImageCache, gather_image_hidden_states
 from .prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS
 from .prompt_templates import TASKS as TEMPLATE_TASKS
 
@@ -126,7 +126,8 @@ class UniMPRecommendPipeline(Pipeline):
     Tasks (`task=`, or a `"task"` key per record `{"history": [...], "task", "query", "target", "candidates"}`):
     - "rec" (default): the next item; `[{"item_id", "score", "title", "image"}]`, best first. `method="exact"`
       scores the whole catalogue in one forward pass (`score_items`; score = softmax over the catalogue's item
-      tokens); `method="beam"` runs `generate(num_beams=...)` over the item tokens, the reference's decoding
+      tokens; images as perceiver latents cached per image file and vision weights, the tower never reruns on a
+      known poster); `method="beam"` runs `generate(num_beams=...)` over the item tokens, the reference's decoding
       (§4.1), and gives the same ranking for single-token items.
     - "search": as "rec", for a `query` string (§4.2).
     - "exp": the rating and explanation of a `target` item; history items need a `rating` (1-5).
@@ -303,11 +304,20 @@ class UniMPRecommendPipeline(Pipeline):
                                  f"{type(history).__name__}")
             if not history:
                 raise ValueError(f"{where}: the history is empty; give at least one item id or item dict")
-            resolved = [
-                self._resolve_item(entry, f"{where} history[{n}]", items, image_root, task in ("rec", "search"))
-                for n, entry in enumerate(history)
-            ]
-            prompt_record = {"task": task, "history": resolved[-max_history_items:]}
+            # an id before the window is not rendered: checking it is known (KeyError naming it, as a full
+            # resolution raises) gives its catalogue index; the window and every item dict resolve fully
+            window_start, resolved, seen = len(history) - max_history_items, [], set()
+            for n, entry in enumerate(history):
+                if n < window_start and not isinstance(entry, Mapping):
+                    seen.add(self.processor.item_index(_item_id(entry, f"{where} history[{n}]")))
+                    continue
+                item = self._resolve_item(entry, f"{where} history[{n}]", items, image_root,
+                                          task in ("rec", "search"))
+                if item.get("item_id") is not None and self._is_known(item["item_id"]):
+                    seen.add(self.processor.item_index(item["item_id"]))
+                if n >= window_start:
+                    resolved.append(item)
+            prompt_record = {"task": task, "history": resolved}
             if task == "search":
                 if not isinstance(record.get("query"), str) or not record["query"].strip():
                     raise ValueError(f"{where}: task 'search' needs a non-empty `query` string")
@@ -330,9 +340,9 @@ class UniMPRecommendPipeline(Pipeline):
             if task != "select":
                 candidate_ids.append([])
             prompts.append(self.processor.render_prompt(prompt_record))
-            history_indices.append(sorted({self.processor.item_index(item["item_id"]) for item in resolved
-                                           if item.get("item_id") is not None and self._is_known(item["item_id"])}))
-        return {"text": [p["text"] for p in prompts], "images": [self._pixels(p["images"]) for p in prompts],
+            history_indices.append(sorted(seen))
+        # image references: `_forward` turns them into cached latents (exact ranking) or cached pixels (generation)
+        return {"text": [p["text"] for p in prompts], "images": [p["images"] for p in prompts],
                 "task": [task], "history_indices": history_indices, "candidate_ids": candidate_ids}
 
     def _exclude_history_default(self, exclude_history: bool | None) -> bool:
@@ -350,8 +360,11 @@ class UniMPRecommendPipeline(Pipeline):
             positions = [n for n, name in enumerate(model_inputs["task"]) if name == task]
             if not positions:
                 continue
-            batch = self.processor(text=[model_inputs["text"][n] for n in positions],
-                                   images=[model_inputs["images"][n] for n in positions], padding_side="left")
+            texts, images = [model_inputs["text"][n] for n in positions], [model_inputs["images"][n] for n in positions]
+            if task in ("rec", "search") and method == "exact" and self.image_cache is not None:
+                batch = self._batch_with_latents(texts, images)
+            else:
+                batch = self.processor(text=texts, images=[self._pixels(row) for row in images], padding_side="left")
             batch = self._ensure_tensor_on_device(dict(batch), device=self.device)
             group = {"task": task, "model_inputs": batch,
                      "history_indices": [model_inputs["history_indices"][n] for n in positions],
@@ -440,6 +453,28 @@ class UniMPRecommendPipeline(Pipeline):
         return results
 
     # ------------------------------------------------------------------ helpers
+    def _ensure_tensor_on_device(self, inputs, device):
+        """The base class's recursive move, skipped where there is nothing to move: on a CPU pipeline every tensor
+        of a batch and of the model's outputs is on the CPU already, and the walk over every history index of
+        every record cost ~7 % of an exact ranking call (issue 13)."""
+        if torch.device(device).type == "cpu" and self.device.type == "cpu" and self.model.device.type == "cpu":
+            return inputs
+        return super()._ensure_tensor_on_device(inputs, device)
+
+    def _batch_with_latents(self, texts: list[str], images: list[list]) -> dict:
+        """The exact-ranking batch with the images as cached perceiver latents (`image_hidden_states`, each image
+        encoded once per vision weights, `UniMPImageCache`) instead of pixels for the vision tower, right padded
+        (`score_items` then runs without an attention mask and reads each row's last token): the scores of the
+        left-padded pixel batch up to float32 rounding, without the tower (issue 13)."""
+        batch = dict(self.processor(text=texts, images=images, padding_side="right", return_pixel_values=False))
+        # a prompt longer than the model's positions loses its oldest items and their images in the processor
+        counts = (batch["input_ids"] == self.processor.image_token_id).sum(dim=-1).tolist()
+        images = [list(row[len(row) - count :]) for row, count in zip(images, counts)]
+        encoded = gather_image_hidden_states(self.image_cache, self.model, images)
+        batch["image_attention_mask"] = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)  # undecodable
+        batch["image_hidden_states"] = encoded["image_hidden_states"]
+        return batch
+
     def _pixels(self, images: list) -> list:
         """A prompt's images as cached pixel tensors (None stays None, and so does an image that does not decode)."""
         if self.image_cache is None or not images:

@@ -131,6 +131,77 @@ def test_batched_histories_give_the_results_of_one_at_a_time(recommend):
         _assert_same_results(first, second, atol=1e-5)
 
 
+def _pixel_path_scores(model, processor, histories: list[list[dict]]) -> torch.Tensor:
+    """Softmax scores of the pipeline's exact path before issue 13: the processor's left-padded pixel batch (the
+    vision tower on every image of every prompt) through `score_items`."""
+    prompts = [processor.render_prompt({"task": "rec", "history": history}) for history in histories]
+    batch = processor(text=[p["text"] for p in prompts], images=[p["images"] for p in prompts], padding_side="left")
+    return model.score_items(**batch).softmax(dim=-1)
+
+
+def _count_encoded_images(model) -> tuple[list, object]:
+    """(the list that collects the number of images per vision-tower call, the hook handle)."""
+    counts = []
+    handle = model.model.vision_model.register_forward_hook(
+        lambda module, args, kwargs, output: counts.append(kwargs["pixel_values"].shape[0]), with_kwargs=True)
+    return counts, handle
+
+
+def test_exact_ranking_with_cached_latents_equals_the_pixel_path(catalogue, tmp_path):
+    """The exact path feeds each image's cached perceiver latents (right padded) instead of running the vision tower
+    on pixels (left padded): the same top-10 and scores within float32 tolerance, in a batch of users with posters,
+    image-less items, a caller's PIL image and an undecodable file; the tower runs once per cached image."""
+    model, processor = catalogue
+    recommend = pipeline("unimp-recommend", model=model, processor=processor, device="cpu")  # empty image cache
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    extra = [{"item_id": "m8", "attributes": [("Title", "Heat")], "image": Image.new("RGB", (32, 32), "cyan")},
+             {"item_id": "m10", "attributes": [("Title", "Up")], "image": str(broken)}]
+    histories = [HISTORY, ["m0", "m2", "m4", "m5", "m6"], ["m9"], ["m1", extra[0]], ["m2", extra[1], "m4"]]
+    as_items = [[entry if isinstance(entry, dict) else _catalogue_item(processor, entry) for entry in history]
+                for history in histories]
+    with pytest.warns(UserWarning, match="could not be decoded"):
+        expected = _pixel_path_scores(model, processor, as_items)
+    top = expected.topk(10, dim=-1)
+    # ranks can only swap across a gap smaller than the paths' rounding (~1e-7 on these O(0.1) float32 scores)
+    assert (-top.values.diff(dim=-1) > 1e-6).all(), "near-ties in the reference ranking: the test would say nothing"
+    counts, handle = _count_encoded_images(model)
+    try:
+        with pytest.warns(UserWarning, match="could not be decoded"):
+            first = recommend(histories, top_k=10, batch_size=3)  # two batches of different prompt lengths
+        encoded_first, counts[:] = sum(counts), []
+        again = recommend(histories, top_k=10, batch_size=3)
+    finally:
+        handle.remove()
+    for row, results in enumerate(first):
+        assert _ids(results) == [ITEM_IDS[k] for k in top.indices[row].tolist()], row
+        torch.testing.assert_close(torch.tensor([r["score"] for r in results]), top.values[row])
+    posters = {image for history in as_items for item in history for image in [item["image"]]
+               if isinstance(image, str) and image != str(broken)}
+    assert encoded_first == len(posters) + 1  # each poster file once, and the caller's PIL image
+    assert sum(counts) == 1  # warm: only the PIL image, which a pipeline does not keep
+    assert again == first
+
+
+def test_exact_ranking_with_latents_keeps_the_images_of_a_truncated_prompt(catalogue):
+    """A prompt longer than the model's positions loses its oldest items and their images in the processor; the
+    cached latents follow (the newest images stay), as the pixel batch does."""
+    model, processor = catalogue
+    short = copy.deepcopy(processor)
+    history = ["m0", "m7", "m1", "m3"]
+    as_items = [_catalogue_item(processor, item_id) for item_id in history]
+    prompt = processor.render_prompt({"task": "rec", "history": as_items})
+    length = processor(text=[prompt["text"]], images=[prompt["images"]])["input_ids"].shape[1]
+    short.max_position_embeddings = length - 1  # one token short: the oldest item (m0 and its poster) is dropped
+    with pytest.warns(UserWarning, match="positions"):
+        expected = _pixel_path_scores(model, short, [as_items])[0]
+    with pytest.warns(UserWarning, match="positions"):
+        results = pipeline("unimp-recommend", model=model, processor=short, device="cpu")(history, top_k=10)
+    top = expected.topk(10)
+    assert _ids(results) == [ITEM_IDS[k] for k in top.indices.tolist()]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in results]), top.values)
+
+
 def test_max_history_items_keeps_the_most_recent_items(recommend):
     long_history = [f"m{k % NUM_ITEMS}" for k in range(13)]
     _assert_same_results(recommend(long_history, top_k=3), recommend(long_history[-10:], top_k=3))  # default 10
