@@ -83,7 +83,11 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     }
     for name, command in commands.items():
         (tmp_path / name).mkdir()
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        try:
+            result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired as timeout:  # seen once at load 5 on 2 cores: keep what each rank said
+            pytest.fail(f"{name}: no exit after 300 s\nstdout: {(timeout.stdout or b'')[-1500:]!r}\n"
+                        f"stderr: {(timeout.stderr or b'')[-3000:]!r}")
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = (torch.load(tmp_path / name / "out.pt") for name in ("one", "two"))
     assert (one["world_size"], two["world_size"]) == (1, 2)
