@@ -242,8 +242,10 @@ def render_report(lines: list[dict]) -> str:
             peer_text = "—" if peer_key is None else (
                 f"{_name(*peer_key)} ({_fmt(summarize(rows[peer_key])['valid_' + SELECTION_METRIC])})")
             if comparison is None:
-                out.append(f"| {TITLES[dataset]} | {MASKING_LABELS[masking]} | {peer_text} | 0 | "
-                           f"{len(rows[peer_key]) if peer_key else 0} | — | — | no UniMP-tiny lines yet |")
+                unimp_n = len(rows.get((UNIMP_MODEL, UNIMP_VARIANT), []))
+                reason = "no peer run under this masking yet" if unimp_n else "no UniMP-tiny lines yet"
+                out.append(f"| {TITLES[dataset]} | {MASKING_LABELS[masking]} | {peer_text} | {unimp_n} | "
+                           f"{len(rows[peer_key]) if peer_key else 0} | — | — | {reason} |")
                 continue
             any_pair = True
             out.append(

@@ -220,6 +220,13 @@ def test_report_without_unimp_lines_says_so(tmp_path):
     assert "no UniMP-tiny lines yet" in text
 
 
+def test_report_with_unimp_but_no_peer_under_a_masking_says_so(tmp_path):
+    results.append_results([make_line([1, 2, 3], model="UniMP-tiny")], tmp_path)
+    text = report.render_report(results.read_results(tmp_path))
+    row = next(r for r in text.splitlines() if r.startswith("| ML-100K | none |"))
+    assert "| 1 | 0 |" in row and "no peer run under this masking yet" in row and "no UniMP-tiny" not in row
+
+
 def test_report_keeps_the_last_line_of_a_rerun(tmp_path):
     results.append_results([make_line([50, 50]), make_line([1, 1])], tmp_path)
     text = report.render_report(results.read_results(tmp_path))
