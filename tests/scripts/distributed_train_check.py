@@ -56,6 +56,12 @@ def main(out_path: str, per_device_batch: int) -> None:
     if torch.distributed.is_initialized():  # a clean gloo teardown: without it a rank could abort at exit
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        # Freeing DDP's Reducer afterwards can deadlock: ~ProcessGroupGloo joins its worker thread while holding the
+        # GIL, and that thread waits for the GIL to free a finished barrier's tensors (py-spy, 2026-11-30: a rank hung
+        # there for 15 min at load 5). Everything is written; leave without running destructors.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
