@@ -141,6 +141,19 @@ TINY_CATALOGUE = {  # three items; item "m3" has no image
 }
 
 
+@pytest.fixture(scope="module")
+def text_encoder(tiny_tokenizer):
+    """A tiny BERT over the session tokenizer, standing in for MiniLM (same pooling code path as item content)."""
+    import copy
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    return BertModel(config).eval(), copy.deepcopy(tiny_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from modeling_unimp import train_catalogue_tokenizer

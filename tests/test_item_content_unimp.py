@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_config, run_without_package, set_gates
 from PIL import Image
-from transformers import AutoModel, BertConfig, BertModel, pipeline
+from transformers import AutoModel, pipeline
 
 from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor, UniMPRecommendPipeline
 from modeling_unimp.item_content_unimp import (
@@ -24,15 +24,6 @@ TITLES = ["Toy Story", "Heat", "Up", ""]  # m3 has no text
 COLORS = ["red", "green", None, "blue"]  # m2 has no image
 PROMPT = "<image> Title Toy Story <answer> <item_0> <|endofchunk|> What next? <answer>"
 CONTENT_MODES = ("content", "id+content")
-
-
-@pytest.fixture(scope="module")
-def text_encoder(tiny_tokenizer):
-    """A tiny BERT over the session tokenizer, standing in for MiniLM (same pooling code path)."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    return BertModel(config).eval(), copy.deepcopy(tiny_tokenizer)
 
 
 

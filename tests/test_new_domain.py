@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import REPO_ROOT, make_tiny_config, set_gates
 from datasets import Dataset, DatasetDict
-from transformers import BertConfig, BertModel
 
 from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
 from modeling_unimp.item_content_unimp import attach_item_content
@@ -53,15 +52,6 @@ def _target_dataset() -> DatasetDict:
         splits[split] = Dataset.from_dict(rows, features=USER_ROW_FEATURES)
     splits["items"] = Dataset.from_dict(items, features=ITEM_FEATURES)
     return DatasetDict(splits)
-
-
-@pytest.fixture(scope="module")
-def text_encoder(tiny_tokenizer):
-    """A tiny BERT standing in for MiniLM (the same pooling code path)."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    return BertModel(config).eval(), copy.deepcopy(tiny_tokenizer)
 
 
 @pytest.fixture
