@@ -276,8 +276,8 @@ def unimp_lines(split: ColdSplit, variant: str, seed: int, steps: int, run_dir: 
                   train_seconds=training["trainer_seconds"], eval_users_per_s=test["eval_users_per_second"],
                   peak_rss_mib=training["peak_rss_mib"],
                   config=str(bench.CONFIGS[split.dataset].relative_to(bench.REPO)),
-                  overrides=[f"protocol={PROTOCOL}", *bench.VARIANTS[variant]], cold_id_residual=residual,
-                  history_window=window)
+                  overrides=[f"protocol={PROTOCOL}", *bench.variant_overrides(variant, split.dataset)],
+                  cold_id_residual=residual, history_window=window)
             for masking in contract.MASKINGS]
 
 
@@ -291,7 +291,7 @@ def run_unimp(split: ColdSplit, variant: str, seed: int, steps: int, out_dir: Pa
         schedule = bench.schedule_overrides(steps, bench.EVAL_EVERY[dataset])
         bench.run_logged([sys.executable, "-m", "recipes.train", str(bench.CONFIGS[dataset]), f"output_dir={run_dir}",
                           f"seed={seed}", "disable_tqdm=true", *schedule, f"protocol={PROTOCOL}",
-                          *bench.VARIANTS[variant], *extra], log)
+                          *bench.variant_overrides(variant, dataset), *extra], log)
     eval_dir = run_dir
     if variant == "id_content" and not keep_cold_residual:
         eval_dir = zero_cold_id_residual(run_dir, sorted(split.cold))

@@ -199,6 +199,22 @@ def gather_image_hidden_states(cache: UniMPImageCache, model, images: list[list]
     return {"image_hidden_states": out.flatten(1, 2), "present": slots}
 
 
+def latent_batch(model, processor, cache: UniMPImageCache, texts: list[str], images: list[list]) -> dict:
+    """A right-padded batch of prompts with their images as cached perceiver latents (`image_hidden_states`, each
+    image encoded once per vision weights) instead of pixels: what `score_items` needs, without the vision tower.
+
+    A prompt longer than the model's positions loses its oldest items, and their images, in the processor; the
+    latents follow the images its text kept. Undecodable images are masked out of `image_attention_mask`.
+    """
+    batch = dict(processor(text=texts, images=images, padding_side="right", return_pixel_values=False))
+    counts = (batch["input_ids"] == processor.image_token_id).sum(dim=-1).tolist()
+    images = [list(row[len(row) - count :]) for row, count in zip(images, counts)]
+    encoded = gather_image_hidden_states(cache, model, images)
+    batch["image_attention_mask"] = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)
+    batch["image_hidden_states"] = encoded["image_hidden_states"]
+    return batch
+
+
 def iter_prompt_scores(model, processor, prompts: Sequence[dict], *, cache: UniMPImageCache | None = None,
                        batch_size: int = 64, progress=None) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Exact full-catalogue scores of evaluation prompts (ending at `<answer>`), one batch at a time: `score_items`
@@ -225,12 +241,10 @@ def iter_prompt_scores(model, processor, prompts: Sequence[dict], *, cache: UniM
         rows = order[start : start + batch_size]
         texts, images = [prompts[n]["text"] for n in rows], [list(prompts[n]["images"]) for n in rows]
         with torch.inference_mode():  # not around the generator: a caller's work between batches is its own
-            batch = processor(text=texts, images=images, padding_side="right", return_pixel_values=False)
-            encoded = gather_image_hidden_states(cache, model, images)
-            image_attention_mask = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)  # undecodable
+            batch = latent_batch(model, processor, cache, texts, images)
             scores = model.score_items(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       image_hidden_states=encoded["image_hidden_states"],
-                                       image_attention_mask=image_attention_mask).float()
+                                       image_hidden_states=batch["image_hidden_states"],
+                                       image_attention_mask=batch["image_attention_mask"]).float()
         yield rows, scores
 
 
@@ -249,5 +263,5 @@ def score_prompts(model, processor, prompts: Sequence[dict], *, cache: UniMPImag
     return scores
 
 
-__all__ = ["UniMPImageCache", "gather_image_hidden_states", "iter_prompt_scores", "score_prompts",
+__all__ = ["UniMPImageCache", "gather_image_hidden_states", "iter_prompt_scores", "latent_batch", "score_prompts",
            "weights_fingerprint"]

@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from .catalogue_cache import UniMPImageCache, gather_image_hidden_states
+from .catalogue_cache import UniMPImageCache, latent_batch
 from .prompt_templates import END_OF_CHUNK_TOKEN, RATING_TOKENS, SELECTION_TOKENS
 from .prompt_templates import TASKS as TEMPLATE_TASKS
 
@@ -362,7 +362,7 @@ class UniMPRecommendPipeline(Pipeline):
                 continue
             texts, images = [model_inputs["text"][n] for n in positions], [model_inputs["images"][n] for n in positions]
             if task in ("rec", "search") and method == "exact" and self.image_cache is not None:
-                batch = self._batch_with_latents(texts, images)
+                batch = latent_batch(self.model, self.processor, self.image_cache, texts, images)  # no tower rerun
             else:
                 batch = self.processor(text=texts, images=[self._pixels(row) for row in images], padding_side="left")
             batch = self._ensure_tensor_on_device(dict(batch), device=self.device)
@@ -460,20 +460,6 @@ class UniMPRecommendPipeline(Pipeline):
         if torch.device(device).type == "cpu" and self.device.type == "cpu" and self.model.device.type == "cpu":
             return inputs
         return super()._ensure_tensor_on_device(inputs, device)
-
-    def _batch_with_latents(self, texts: list[str], images: list[list]) -> dict:
-        """The exact-ranking batch with the images as cached perceiver latents (`image_hidden_states`, each image
-        encoded once per vision weights, `UniMPImageCache`) instead of pixels for the vision tower, right padded
-        (`score_items` then runs without an attention mask and reads each row's last token): the scores of the
-        left-padded pixel batch up to float32 rounding, without the tower (issue 13)."""
-        batch = dict(self.processor(text=texts, images=images, padding_side="right", return_pixel_values=False))
-        # a prompt longer than the model's positions loses its oldest items and their images in the processor
-        counts = (batch["input_ids"] == self.processor.image_token_id).sum(dim=-1).tolist()
-        images = [list(row[len(row) - count :]) for row, count in zip(images, counts)]
-        encoded = gather_image_hidden_states(self.image_cache, self.model, images)
-        batch["image_attention_mask"] = batch["image_attention_mask"] & encoded["present"].unsqueeze(1)  # undecodable
-        batch["image_hidden_states"] = encoded["image_hidden_states"]
-        return batch
 
     def _pixels(self, images: list) -> list:
         """A prompt's images as cached pixel tensors (None stays None, and so does an image that does not decode)."""
