@@ -468,7 +468,22 @@ def child_prologue(spec_path: str) -> dict:
     # pandas 2.3 fillna(inplace=True) and torch.load/GradScaler deprecations: harmless (protocol §1)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.chdir(spec["workdir"])   # RecBole writes ./log, ./log_tensorboard and checkpoints here
+    disable_recbole_anomaly_mode()
     return spec
+
+
+def disable_recbole_anomaly_mode() -> None:
+    """Undo RecBole 1.2.1's import-time ``torch.autograd.set_detect_anomaly(True)``.
+
+    ``recbole/model/sequential_recommender/sine.py`` switches anomaly detection on for the whole process when
+    ``recbole.utils.get_model`` imports the model zoo. Every backward node then runs ``isnan(...).any()`` on its
+    outputs and every forward op records a stack trace: SASRec on ML-100K spent ~40 % of its epoch there (py-spy,
+    BENCHMARKS §8). Anomaly mode only checks, it never changes a value, so the results are the same.
+    """
+    import recbole.model.sequential_recommender  # noqa: F401  (the import that flips the switch)
+    import torch
+
+    torch.autograd.set_detect_anomaly(False)
 
 
 def fit_timed(trainer, train_data, valid_data) -> tuple[dict | None, list[float], list[float], float]:

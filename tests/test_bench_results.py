@@ -326,3 +326,26 @@ def test_run_peers_writes_valid_contract_lines(tmp_path, model, maskings):
         assert by_masking["history"]["ranks"] == native
     assert run_peers.have_lines(spec, tmp_path)
     assert not run_peers.have_lines(dict(spec, seed=2021), tmp_path)
+
+
+def test_child_prologue_switches_off_recbole_s_import_time_anomaly_mode(tmp_path, monkeypatch):
+    """RecBole 1.2.1's sine.py calls set_detect_anomaly(True) when the model zoo is imported: ~2x slower epochs."""
+    torch = pytest.importorskip("torch")
+    pkg = tmp_path / "site" / "recbole" / "model" / "sequential_recommender"
+    pkg.mkdir(parents=True)
+    for d in (pkg.parent.parent, pkg.parent):
+        (d / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("import torch\ntorch.autograd.set_detect_anomaly(True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "recbole" or m.startswith("recbole.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.chdir(tmp_path)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"workdir": str(tmp_path)}))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    try:
+        assert run_peers.child_prologue(str(spec_path)) == {"workdir": str(tmp_path)}
+        assert "recbole.model.sequential_recommender" in sys.modules   # the switch was flipped ...
+        assert not torch.is_anomaly_enabled()                           # ... and flipped back
+    finally:
+        torch.autograd.set_detect_anomaly(False)
