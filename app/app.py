@@ -154,11 +154,19 @@ def recommend(recommender, history: list[str], top_k: int = 5, exclude_history: 
 
 
 def explain(recommender, history: list[str], ratings: dict[str, int], target: str) -> tuple[str, str]:
-    """The `exp` task: the rating (1-5) and explanation the model gives `target` for this history."""
+    """The `exp` task: the rating (1-5) and explanation the model gives `target` for this history. The rating is the
+    expected rating with the generated rating token next to it; a checkpoint's older pipeline code returns the
+    token's rating alone, shown as it is."""
     items = [{"item_id": item_id, "rating": int(ratings.get(item_id) or DEFAULT_RATING)} for item_id in history]
     answer = recommender({"task": "exp", "history": items, "target": target})
-    rating = answer.get("rating")
-    return ("?" if rating is None else str(rating)), answer.get("explanation") or ""
+    rating, token = answer.get("rating"), answer.get("rating_token")
+    if rating is None:
+        text = "?"
+    elif "rating_token" not in answer:
+        text = str(rating)
+    else:
+        text = f"{rating:.2f} (rating token {'?' if token is None else token})"
+    return text, answer.get("explanation") or ""
 
 
 def show(recommender, history_text: str, ratings: dict, top_k: int, exclude_history: bool, with_exp: bool):

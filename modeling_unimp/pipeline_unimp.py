@@ -98,6 +98,19 @@ def generate_rating_answers(model, tokenizer, inputs: Mapping, *, num_beams: int
     return model.generate(**inputs, logits_processor=LogitsProcessorList([allowed]), **settings)
 
 
+def rating_probabilities(logits: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Next-token logits (B, V) at an exp answer's first position -> (B, 5) probabilities of `rate_1..rate_5`: the
+    softmax over the five rating tokens (in float32), which is the distribution of the constrained first step."""
+    return logits[:, tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))].float().softmax(-1)
+
+
+def expected_rating(probabilities: torch.Tensor) -> torch.Tensor:
+    """(..., 5) rating-token probabilities -> (...) expected rating sum_k k * p(rate_k), in [1, 5] (the squared-error
+    optimum; the reported exp rating of the pipeline and of `recipes.evaluate`)."""
+    values = torch.arange(1, len(RATING_TOKENS) + 1, dtype=probabilities.dtype, device=probabilities.device)
+    return probabilities @ values
+
+
 def _cut_at_answer_end(tokenizer, token_ids: Sequence[int]) -> list[int]:
     end_ids = {*answer_end_token_ids(tokenizer), tokenizer.pad_token_id}
     return list(token_ids[: next((n for n, token in enumerate(token_ids) if token in end_ids), len(token_ids))])
@@ -105,7 +118,8 @@ def _cut_at_answer_end(tokenizer, token_ids: Sequence[int]) -> list[int]:
 
 def decode_rating_answer(tokenizer, token_ids: Sequence[int]) -> dict:
     """A generated exp answer (new tokens only) -> `{"rating": 1-5 or None, "explanation", "generated_text"}`;
-    decoding stops at the first EOS, `<|endofchunk|>` or padding."""
+    decoding stops at the first EOS, `<|endofchunk|>` or padding. `rating` is the generated rating token's (the
+    pipeline reports it as `rating_token`, next to the expected rating)."""
     token_ids = _cut_at_answer_end(tokenizer, token_ids)
     tokens = tokenizer.convert_ids_to_tokens(token_ids)
     rating = RATING_TOKENS.index(tokens[0]) + 1 if tokens and tokens[0] in RATING_TOKENS else None
@@ -131,7 +145,11 @@ class UniMPRecommendPipeline(Pipeline):
       (§4.1), and gives the same ranking for single-token items.
     - "search": as "rec", for a `query` string (§4.2).
     - "exp": the rating and explanation of a `target` item; history items need a `rating` (1-5).
-      Returns `{"rating", "explanation", "generated_text"}`; the first generated token is constrained to a rating.
+      Returns `{"rating", "rating_token", "explanation", "generated_text"}`: the first generated token is
+      constrained to a rating token; `rating` (float in [1, 5]) is the expected rating sum_k k * p(rate_k) under the
+      softmax over the five rating tokens at that first step, `rating_token` (int 1-5) the generated token's rating.
+      History items before the processor's last `content_history_items` are rendered as their token and rating
+      alone, so they need a catalogue `item_id`.
     - "select": which of 1-5 `candidates` suit the user (§4.3); returns `{"slots", "item_ids", "generated_text"}`.
 
     A list of histories (or records) is a batch: left-padded and scored `batch_size` at a time (default 16); a
@@ -307,12 +325,15 @@ class UniMPRecommendPipeline(Pipeline):
             # an id before the window is not rendered: checking it is known (KeyError naming it, as a full
             # resolution raises) gives its catalogue index; the window and every item dict resolve fully
             window_start, resolved, seen = len(history) - max_history_items, [], set()
+            # exp: the history items before the processor's last `content_history_items` are their token alone
+            content = getattr(self.processor, "content_history_items", None)
+            first_with_content = len(history) - content if task == "exp" and content is not None else 0
             for n, entry in enumerate(history):
                 if n < window_start and not isinstance(entry, Mapping):
                     seen.add(self.processor.item_index(_item_id(entry, f"{where} history[{n}]")))
                     continue
                 item = self._resolve_item(entry, f"{where} history[{n}]", items, image_root,
-                                          task in ("rec", "search"))
+                                          task in ("rec", "search") or n < first_with_content)
                 if item.get("item_id") is not None and self._is_known(item["item_id"]):
                     seen.add(self.processor.item_index(item["item_id"]))
                 if n >= window_start:
@@ -388,8 +409,13 @@ class UniMPRecommendPipeline(Pipeline):
             generated = generate_rating_answers(self.model, tokenizer, inputs,
                                                 num_beams=num_beams or DEFAULT_NUM_BEAMS[task],
                                                 max_new_tokens=max_new_tokens or DEFAULT_EXP_MAX_NEW_TOKENS,
-                                                **user_generate_kwargs)
-            outputs["generated_ids"] = generated[:, prompt_length:]
+                                                **{**user_generate_kwargs, "output_logits": True,
+                                                   "return_dict_in_generate": True})
+            outputs["generated_ids"] = generated.sequences[:, prompt_length:]
+            # the raw logits of step 0 (before the rating constraint, temperature and any other processor) are the
+            # prompt's next-token logits; every beam / returned sequence of a row holds the same prompt there
+            logits = generated.logits[0].view(batch, -1, generated.logits[0].shape[-1])[:, 0]
+            outputs["rating_probabilities"] = rating_probabilities(logits, tokenizer)  # (B, 5)
             return outputs
         vocab_size = self.model.get_output_embeddings().weight.shape[0]
         end_ids = answer_end_token_ids(tokenizer)
@@ -441,8 +467,14 @@ class UniMPRecommendPipeline(Pipeline):
         if task in ("rec", "search"):
             return self._rank(model_outputs, top_k, exclude_history, image_root)
         tokenizer = self.processor.tokenizer
-        if task == "exp":
-            return [decode_rating_answer(tokenizer, token_ids) for token_ids in model_outputs["generated_ids"].tolist()]
+        if task == "exp":  # "rating": the expected rating; "rating_token": the generated rating token's
+            results = []
+            for token_ids, probabilities in zip(model_outputs["generated_ids"].tolist(),
+                                                model_outputs["rating_probabilities"]):
+                decoded = decode_rating_answer(tokenizer, token_ids)
+                results.append({"rating": expected_rating(probabilities).item(), "rating_token": decoded["rating"],
+                                "explanation": decoded["explanation"], "generated_text": decoded["generated_text"]})
+            return results
         results = []
         for row, token_ids in enumerate(model_outputs["generated_ids"].tolist()):
             tokens = tokenizer.convert_ids_to_tokens(_cut_at_answer_end(tokenizer, token_ids))
@@ -621,5 +653,7 @@ __all__ = [
     "UniMPRecommendPipeline",
     "answer_end_token_ids",
     "decode_rating_answer",
+    "expected_rating",
     "generate_rating_answers",
+    "rating_probabilities",
 ]

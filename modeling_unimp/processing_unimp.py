@@ -130,7 +130,7 @@ class UniMPProcessor(ProcessorMixin):
         self.context_order = context_order  # the rec/search history layout the model was trained with
         if content_history_items is not None and int(content_history_items) < 0:
             raise ValueError(f"content_history_items must be >= 0 or None, got {content_history_items}")
-        # rec/search: only the last N history items show image + text, older ones are their token (None: all)
+        # rec/search/exp: only the last N history items show image + text, older ones are their token (None: all)
         self.content_history_items = None if content_history_items is None else int(content_history_items)
         # the history window (latest items) the model was trained with: the one source at inference (pipelines,
         # recipes.evaluate); training sets it from UniMPTrainingArguments.max_history_items
@@ -196,9 +196,10 @@ class UniMPProcessor(ProcessorMixin):
         Added tokens strip the space on their left, so `<answer> <item_3>` is exactly two tokens and the item
         token directly follows `<answer>`; a code string `<img_3> <img_41>` is exactly two tokens.
         `context_order` ("paper" | "next_item", prompt_templates.CONTEXT_ORDERS) is the rec/search history layout
-        the model trains with, and `content_history_items` how many of the latest history items show their
-        content (None: all; older ones are their item token alone), and `max_history_items` the history window (None:
-        DEFAULT_MAX_HISTORY_ITEMS); all three are saved with the processor so that prompts at inference match training.
+        the model trains with, and `content_history_items` how many of the latest rec/search/exp history items show
+        their content (None: all; older ones are their item token alone, exp: token + rating), and
+        `max_history_items` the history window (None: DEFAULT_MAX_HISTORY_ITEMS); all three are saved with the
+        processor so that prompts at inference match training.
         """
         special = [IMAGE_TOKEN, END_OF_CHUNK_TOKEN, ANSWER_TOKEN]
         tokenizer.add_special_tokens(

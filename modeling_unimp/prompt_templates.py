@@ -221,11 +221,15 @@ def _item_label(record, field: str, item, item_index: Mapping[str, int] | None) 
     return item_token(item_index[item_id])
 
 
-def _rating_label(record, field: str, item, explanation_word_budget: int | None) -> str:
+def _rating_label(record, field: str, item, explanation_word_budget: int | None, *,
+                  with_explanation: bool = True) -> str:
+    """`rate_r [explanation]` of an item with a `rating` 1-5 (the explanation cut to its word budget)."""
     rating = item.get("rating")
     is_integral = isinstance(rating, int) or (isinstance(rating, float) and rating.is_integer())
     if isinstance(rating, bool) or not is_integral or not 1 <= int(rating) <= 5:
         raise ValueError(f"{_record_name(record)}: {field}.rating must be an int from 1 to 5, got {rating!r}")
+    if not with_explanation:
+        return RATING_TOKENS[int(rating) - 1]
     explanation = item.get("explanation")
     text = "" if _is_missing(explanation) else _truncate_words(_clean_text(explanation), explanation_word_budget)
     return f"{RATING_TOKENS[int(rating) - 1]} {text}".strip()
@@ -297,7 +301,8 @@ def render_record(
     Args:
         record: the example, schema above.
         split: "train" for the training form; "validation"/"valid"/"eval"/"test" for the evaluation form.
-        item_index: real item_id -> catalogue index k (token `<item_k>`); required by rec and search.
+        item_index: real item_id -> catalogue index k (token `<item_k>`); required by rec and search, and by
+            exp when `content_history_items` leaves history items as their token alone.
         task_weights: λ per task; defaults to DEFAULT_TASK_WEIGHTS (rec 2.0, others 1.0, reference §3.4).
         word_budget: words kept per attribute value (and per title in imggen history).
         explanation_word_budget: words kept per explanation, in both forms.
@@ -307,9 +312,11 @@ def render_record(
         context_order: "paper" or "next_item" (see CONTEXT_ORDERS): where rec/search history items put their
             token. In "next_item" the first history item's token is plain context (nothing precedes it to
             predict it from); the other tasks always use the paper's order.
-        content_history_items: rec/search only; when set, only the last N history items show their image and
-            attributes, and the older ones are their item token alone (`[<answer>] <item_k> <|endofchunk|>`, no
-            `<image>`): a long history at a few tokens per item and no image encoding, as SASRec sees it.
+        content_history_items: rec/search/exp; when set, only the last N history items show their image and
+            attributes, and the older ones are their item token alone (rec/search: `[<answer>] <item_k>
+            <|endofchunk|>`; exp: `<item_k> <answer> rate_r <|endofchunk|>`, the rating without its explanation),
+            no `<image>`: a long history at a few tokens per item and no image encoding, as SASRec sees it. Token-only
+            items need `item_index`. None: every history item shows its content; select and imggen ignore it.
 
     Returns:
         {"text": str, "images": list (one per `<image>` in text, None for an image-less item),
@@ -333,13 +340,14 @@ def render_record(
     if context_order not in CONTEXT_ORDERS:
         raise ValueError(f"{_record_name(record)}: context_order must be one of {CONTEXT_ORDERS}, "
                          f"got {context_order!r}")
+    if content_history_items is not None and content_history_items < 0:
+        raise ValueError(f"{_record_name(record)}: content_history_items must be >= 0 or None, "
+                         f"got {content_history_items}")
+    # rec/search/exp: the history items before the last `content_history_items` are their item token alone
+    id_only = len(history) - content_history_items if content_history_items is not None else 0
     if task in ("rec", "search"):
         target = _require_item(record, "target")
         marker = is_train if history_answer_marker is None else history_answer_marker
-        if content_history_items is not None and content_history_items < 0:
-            raise ValueError(f"{_record_name(record)}: content_history_items must be >= 0 or None, "
-                             f"got {content_history_items}")
-        id_only = len(history) - content_history_items if content_history_items is not None else 0
         for position, item in enumerate(history):
             label = _item_label(record, f"history[{position}]", item, item_index)
             answered = marker and (position > 0 or context_order == "paper")  # nothing precedes a first next item
@@ -359,9 +367,20 @@ def render_record(
             chunks.append(f"{QUERY_PREFIX} {query} {SEARCH_INSTRUCTION} {ANSWER_TOKEN}")
     elif task == "exp":
         target = _require_item(record, "target")
+        if id_only > 0 and item_index is None:
+            raise ValueError(f"{_record_name(record)}: field 'history' has {id_only} item(s) "
+                             f"before the last content_history_items={content_history_items}, rendered as their "
+                             "item token alone; pass item_index (real item_id -> catalogue index, see "
+                             "build_item_index)")
         for position, item in enumerate(history):
-            label = _rating_label(record, f"history[{position}]", item, explanation_word_budget)
-            add_chunk(item, label=label, with_answer=True)
+            field = f"history[{position}]"
+            if position < id_only:  # `<item_k> <answer> rate_r <|endofchunk|>`: no image, no explanation
+                rating = _rating_label(record, field, item, explanation_word_budget, with_explanation=False)
+                token = _item_label(record, field, item, item_index)
+                chunks.append(f"{token} {ANSWER_TOKEN} {rating} {END_OF_CHUNK_TOKEN} ")
+            else:
+                label = _rating_label(record, field, item, explanation_word_budget)
+                add_chunk(item, label=label, with_answer=True)
         answer = _rating_label(record, "target", target, explanation_word_budget)
         # the target item is shown (image + attributes) and asked about in the same chunk, reference §2.2 (ii)
         chunks.append(f"{_render_item_head(target, None, word_budget)} {EXP_INSTRUCTION} {ANSWER_TOKEN}")

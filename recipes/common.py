@@ -73,8 +73,9 @@ class RecipeArguments:
                                         "None: a checkpoint's own (model_name_or_path), else paper."}
     )
     content_history_items: int | None = field(
-        default=None, metadata={"help": "rec/search: only the last N of the max_history_items show image + text; "
-                                        "older ones are their item token alone (None: a checkpoint's own, else all)."}
+        default=None, metadata={"help": "rec/search/exp: only the last N of the max_history_items show image + "
+                                        "text; older ones are their item token alone (exp: token + rating) (None: a "
+                                        "checkpoint's own, else all)."}
     )
     # Model
     model_preset: str = field(default="tiny", metadata={"help": "tiny | paper (UniMPConfig class methods)."})

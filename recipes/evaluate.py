@@ -1,8 +1,9 @@
 """Evaluate a UniMP checkpoint (reference §4, issue 5).
 
 - rec: exact full-catalogue ranking from one forward pass, next to the popularity baseline.
-- exp: rating MAE/RMSE (the rating token at the answer slot) next to mean baselines fit on the training
-  interactions, and the text metrics of the generated explanations where the data has them.
+- exp: rating MAE/RMSE (headline: the expected rating under the rating-token distribution at the answer slot; also
+  the most likely rating token) next to mean baselines fit on the training interactions, and the text metrics of
+  the generated explanations where the data has them.
 
 Usage: python -m recipes.evaluate CHECKPOINT_DIR [--split validation test] [--task rec|exp] [--out FILE]
 Dataset, protocol and ablation default to what the checkpoint recorded; the history window and layout are the saved
@@ -21,8 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_unimp.catalogue_cache import UniMPImageCache, iter_prompt_scores, score_prompts
-from modeling_unimp.pipeline_unimp import decode_rating_answer, generate_rating_answers
-from modeling_unimp.prompt_templates import RATING_TOKENS
+from modeling_unimp.pipeline_unimp import (
+    decode_rating_answer,
+    expected_rating,
+    generate_rating_answers,
+    rating_probabilities,
+)
 from processing import UniMPDataCollator
 from processing.datasets_unimp import PROTOCOLS
 from processing.metrics_unimp import (
@@ -206,7 +211,6 @@ def predict_ratings_and_explanations(
     Returns: {"probabilities": (n, 5) tensor, "explanations": list[str] (empty unless generated)}.
     """
     tokenizer = processor.tokenizer
-    rating_ids = tokenizer.convert_tokens_to_ids(list(RATING_TOKENS))
     collator = UniMPDataCollator(processor, for_generation=True)
     model.eval()
     probabilities, explanations = [], []
@@ -214,12 +218,12 @@ def predict_ratings_and_explanations(
         batch = collator(examples[start : start + batch_size])
         if max_new_tokens <= 0:
             logits = model(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]
-            probabilities.append(logits[:, rating_ids].float().softmax(-1))
+            probabilities.append(rating_probabilities(logits, tokenizer))
             continue
         prompt_length = batch["input_ids"].shape[1]
         generated = generate_rating_answers(model, tokenizer, batch, num_beams=1, max_new_tokens=max_new_tokens,
                                             output_logits=True, return_dict_in_generate=True)
-        probabilities.append(generated.logits[0][:, rating_ids].float().softmax(-1))
+        probabilities.append(rating_probabilities(generated.logits[0], tokenizer))
         for token_ids in generated.sequences[:, prompt_length:].tolist():
             explanations.append(decode_rating_answer(tokenizer, token_ids)["explanation"])
     return {"probabilities": torch.cat(probabilities) if probabilities else torch.empty(0, 5),
@@ -242,8 +246,9 @@ def evaluate_explanation(
 ) -> dict:
     """Rating MAE/RMSE of UniMP and the mean baselines on `split`, plus explanation text metrics (reference §4.4).
 
-    `unimp_rating`: the most likely rating token (the reference's first generated word, constrained to a rating);
-    `unimp_rating_expected`: the expectation under the rating-token distribution (the squared-error optimum).
+    `unimp_rating_expected` (the headline, as the pipeline's `rating`): the expectation under the rating-token
+    distribution (the squared-error optimum); `unimp_rating`: the most likely rating token (the reference's first
+    generated word, constrained to a rating; the pipeline's `rating_token`). Both keys stay, as in older files.
     Explanations are generated only when the split's targets have explanation text (Amazon reviews; MovieLens
     has none) and `max_new_tokens` > 0; they are scored against the unmodified ground truth.
     """
@@ -263,11 +268,10 @@ def evaluate_explanation(
     seconds = time.perf_counter() - started
     true = [float(example["target_rating"]) for example in examples]
     probabilities = predicted["probabilities"]
-    values = torch.arange(1, 6, dtype=torch.float32)
     results = {
         "num_users": len(examples), "eval_users_per_second": round(len(examples) / max(seconds, 1e-9), 1),
+        "unimp_rating_expected": compute_rating_metrics(expected_rating(probabilities), true),  # the headline
         "unimp_rating": compute_rating_metrics((probabilities.argmax(-1) + 1).float(), true),
-        "unimp_rating_expected": compute_rating_metrics(probabilities @ values, true),
         "rating_distribution": {"true": _histogram(true), "unimp": _histogram(probabilities.argmax(-1) + 1)},
     }
     pairs = [(example["user_id"], example["target_item_id"]) for example in examples]
@@ -285,6 +289,14 @@ def evaluate_explanation(
                     for example, reference in zip(examples, references) if reference]
         results["last_explanation_baseline"] = compute_text_metrics(*map(list, zip(*repeated)))
     return results
+
+
+def rating_headline(metrics: dict) -> str:
+    """One line for an exp metrics dict: the expected rating's MAE/RMSE (the reported rating), then the most likely
+    rating token's."""
+    expected, token = metrics["unimp_rating_expected"], metrics["unimp_rating"]
+    return (f"rating (expected under the rating-token distribution): MAE {expected['mae']:.4f} RMSE "
+            f"{expected['rmse']:.4f}; most likely rating token: MAE {token['mae']:.4f} RMSE {token['rmse']:.4f}")
 
 
 def _latest_text(texts) -> str:
@@ -392,6 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
                        **ablation)
         write_json(metrics, paths[split])
         print({key: value for key, value in metrics.items() if key != "ranks"}, f"-> {paths[split]}")
+        if args.task == "exp":
+            print(rating_headline(metrics))
         results[split] = metrics
     return results
 

@@ -153,7 +153,7 @@ def test_exp_with_zero_new_tokens_is_refused_not_silently_sixty_four(recommend):
     with pytest.raises(ValueError, match=r"max_new_tokens must be an integer >= 1, got 0"):
         recommend([{"item_id": "m1", "rating": 4}], task="exp", target="m2", max_new_tokens=0)
     answer = recommend([{"item_id": "m1", "rating": 4}], task="exp", target="m2", max_new_tokens=1)
-    assert answer["rating"] in range(1, 6) and answer["explanation"] == ""  # exactly the one rating token
+    assert answer["rating_token"] in range(1, 6) and answer["explanation"] == ""  # exactly the one rating token
 
 
 @pytest.mark.parametrize("history", [ITEM_IDS, ITEM_IDS[:11], ["m1", "m7", "m3"]])

@@ -1,16 +1,20 @@
 """recipes/evaluate.py: rating + explanation prediction, the exp evaluation on real data (issue 5)."""
 
+import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, make_tiny_config
+from conftest import REPO_ROOT, make_tiny_config, make_tiny_model
+from datasets import Dataset, DatasetDict
 from PIL import Image
 
-from modeling_unimp import UniMPForConditionalGeneration
-from recipes import train
+from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+from processing.datasets_unimp import ITEM_FEATURES, USER_ROW_FEATURES
+from recipes import evaluate, train
 from recipes.evaluate import predict_ratings_and_explanations
 
 
@@ -99,3 +103,66 @@ def test_evaluate_uses_the_checkpoint_window_and_ablation_and_keeps_training_met
     assert (tmp_path / "metrics_validation.json").exists()
     with pytest.raises(ValueError, match="training metrics file"):
         evaluate.main([str(tmp_path), "--out", str(tmp_path / "metrics.json"), "--data-dir", str(data_dir)])
+
+
+RATED_ITEMS = {"i0": "Toy Story", "i1": "Heat", "i2": "Up", "i3": "Heat Action", "i4": "Story Comedy"}
+RATED_SEQUENCES = {"u0": ["i0", "i1", "i2", "i3", "i4"], "u1": ["i4", "i2", "i0", "i1", "i3"],
+                   "u2": ["i1", "i3", "i4", "i0", "i2"]}
+
+
+def _rated_dataset():
+    """Three users with five rated interactions each (leave-one-out: test history = the first four)."""
+    items = {"item_id": list(RATED_ITEMS), "title": list(RATED_ITEMS.values()), "category": [None] * 5,
+             "attributes": [[{"key": "Title", "value": title}] for title in RATED_ITEMS.values()],
+             "image": [None] * 5}
+    splits = {}
+    for split, cut in (("train", 2), ("validation", 3), ("test", 4)):
+        rows = {name: [] for name in USER_ROW_FEATURES}
+        for n, (user, sequence) in enumerate(RATED_SEQUENCES.items()):
+            ratings = [1 + (n + k) % 5 for k in range(len(sequence))]
+            rows["user_id"].append(user)
+            rows["history_item_ids"].append(sequence[:cut])
+            rows["history_timestamps"].append(list(range(cut)))
+            rows["history_ratings"].append(ratings[:cut])
+            rows["history_explanations"].append([None] * cut)
+            rows["history_source_rows"].append([10 * n + k for k in range(cut)])
+            rows["target_item_id"].append(sequence[cut])
+            rows["target_timestamp"].append(cut)
+            rows["target_rating"].append(ratings[cut])
+            rows["target_explanation"].append(None)
+            rows["target_source_row"].append(10 * n + cut)
+        splits[split] = Dataset.from_dict(rows, features=USER_ROW_FEATURES)
+    splits["items"] = Dataset.from_dict(items, features=ITEM_FEATURES)
+    return DatasetDict(splits)
+
+
+def test_exp_evaluation_honours_content_history_items_and_heads_with_the_expected_rating(tiny_tokenizer, monkeypatch):
+    """recipes.evaluate's exp prompts use the processor's `content_history_items` (older items: token + rating, no
+    image), and the expected rating is the headline: first rating key, the printed line, the pipeline's `rating`."""
+    dataset_dict = _rated_dataset()
+    processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), list(RATED_ITEMS),
+                                              list(RATED_ITEMS.values()), image_size=32, content_history_items=1)
+    model = make_tiny_model(processor, gate=0.5)
+    rendered, render_examples = [], evaluate.render_examples
+
+    def spy(*args, **kwargs):
+        examples = render_examples(*args, **kwargs)
+        rendered.extend(examples)
+        return examples
+
+    monkeypatch.setattr(evaluate, "render_examples", spy)
+    metrics = evaluate.evaluate_explanation(model, processor, dataset_dict, split="test", max_new_tokens=0)
+    monkeypatch.undo()
+    assert len(rendered) == 3
+    token_only = r"<item_\d> <answer> rate_\d <\|endofchunk\|> "
+    for example in rendered:  # 4 history items: 3 token + rating alone, the latest with content, then the target
+        assert re.match(f"^{token_only * 3}<image> Title ", example["text"]), example["text"]
+        assert len(example["images"]) == example["text"].count("<image>") == 2
+    assert [key for key in metrics if key.startswith("unimp_rating")] == ["unimp_rating_expected", "unimp_rating"]
+    probabilities = predict_ratings_and_explanations(model, processor, rendered)["probabilities"]
+    true = torch.tensor([float(example["target_rating"]) for example in rendered])
+    expected_mae = (probabilities @ torch.arange(1.0, 6.0) - true).abs().mean().item()
+    assert metrics["unimp_rating_expected"]["mae"] == pytest.approx(expected_mae, rel=1e-5)
+    expected = metrics["unimp_rating_expected"]
+    assert evaluate.rating_headline(metrics).startswith("rating (expected under the rating-token distribution): "
+                                                        f"MAE {expected['mae']:.4f} RMSE {expected['rmse']:.4f};")

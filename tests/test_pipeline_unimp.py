@@ -258,11 +258,76 @@ def test_search_ranks_the_catalogue_for_a_query(recommend):
 def test_exp_returns_a_rating_and_generated_text(recommend):
     history = [{"item_id": "m1", "rating": 4, "explanation": "great fun"}, {"item_id": "m2", "rating": 2}]
     result = recommend(history, task="exp", target="m3", max_new_tokens=6, num_beams=2)
-    assert result["rating"] in (1, 2, 3, 4, 5)
-    assert result["generated_text"].startswith(f"rate_{result['rating']}")
+    assert result["rating_token"] in (1, 2, 3, 4, 5) and isinstance(result["rating"], float)
+    assert result["generated_text"].startswith(f"rate_{result['rating_token']}")
     assert isinstance(result["explanation"], str)
     batched = recommend([{"history": history, "task": "exp", "target": "m3"}] * 2, max_new_tokens=6, num_beams=2)
-    assert batched[0] == batched[1] and set(batched[0]) == {"rating", "explanation", "generated_text"}
+    assert batched[0] == batched[1]
+    assert set(batched[0]) == {"rating", "rating_token", "explanation", "generated_text"}
+
+
+def _expected_rating_by_hand(model, processor, record: dict) -> float:
+    """sum_k k * p(rate_k), p the softmax over the five rating tokens of the model's next-token logits at the end of
+    the record's prompt (render_record's evaluation form, one forward pass, no generate)."""
+    item_index = {item_id: k for k, item_id in enumerate(processor.item_ids)}
+    prompt = render_record(record, "test", item_index=item_index, history_answer_marker=True,
+                           content_history_items=processor.content_history_items)
+    batch = processor(text=[prompt["text"]], images=[prompt["images"]], padding_side="left")
+    with torch.no_grad():
+        logits = model(**batch).logits[0, -1]
+    rating_ids = processor.tokenizer.convert_tokens_to_ids([f"rate_{k}" for k in range(1, 6)])
+    probabilities = logits[rating_ids].softmax(-1)
+    assert not torch.allclose(probabilities, torch.full((5,), 0.2))  # a real distribution, not a uniform one
+    return float(probabilities @ torch.arange(1.0, 6.0))
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_exp_rating_is_the_expected_rating_under_the_rating_token_distribution(catalogue, recommend, num_beams):
+    """`rating` = sum_k k * p(rate_k) from the prompt's own logits (beam search or greedy, temperature ignored);
+    `rating_token` = the generated first token's rating, the constrained step's argmax."""
+    model, processor = catalogue
+    history = [{"item_id": "m1", "rating": 4, "explanation": "great fun"}, {"item_id": "m7", "rating": 2},
+               {"item_id": "m3", "rating": 5}]
+    result = recommend(history, task="exp", target="m5", max_new_tokens=4, num_beams=num_beams, temperature=0.5)
+    record = {"task": "exp", "history": [_catalogue_item(processor, h["item_id"]) | h for h in history],
+              "target": _catalogue_item(processor, "m5") | {"rating": 1}}
+    expected = _expected_rating_by_hand(model, processor, record)
+    assert isinstance(result["rating"], float) and 1.0 <= result["rating"] <= 5.0
+    assert result["rating"] == pytest.approx(expected, rel=1e-5)
+    assert result["rating"] != pytest.approx(float(result["rating_token"]), abs=1e-3)  # not the token's rating
+    assert result["rating_token"] in range(1, 6)
+    if num_beams == 1:  # greedy: the generated token is the most likely rating
+        item_index = {item_id: k for k, item_id in enumerate(processor.item_ids)}
+        prompt = render_record(record, "test", item_index=item_index, history_answer_marker=True)
+        batch = processor(text=[prompt["text"]], images=[prompt["images"]], padding_side="left")
+        with torch.no_grad():
+            logits = model(**batch).logits[0, -1]
+        rating_ids = processor.tokenizer.convert_tokens_to_ids([f"rate_{k}" for k in range(1, 6)])
+        assert result["rating_token"] == int(logits[rating_ids].argmax()) + 1
+
+
+def test_exp_honours_content_history_items_and_needs_ids_for_token_only_items(catalogue, recommend):
+    model, processor = catalogue
+    history = [{"item_id": "m1", "rating": 4}, {"item_id": "m7", "rating": 2}, {"item_id": "m3", "rating": 5}]
+    record = {"task": "exp", "history": [_catalogue_item(processor, h["item_id"]) | h for h in history],
+              "target": _catalogue_item(processor, "m5") | {"rating": 1}}
+    full = recommend(history, task="exp", target="m5", max_new_tokens=2, num_beams=1)
+    processor.content_history_items = 1
+    try:
+        prompt = processor.render_prompt(record)
+        assert prompt["text"].startswith("<item_1> <answer> rate_4 <|endofchunk|> <item_7> <answer> rate_2 ")
+        assert len(prompt["images"]) == prompt["text"].count("<image>") == 2  # m3 and the target
+        short = recommend(history, task="exp", target="m5", max_new_tokens=2, num_beams=1)
+        expected = _expected_rating_by_hand(model, processor, record)
+        assert short["rating"] == pytest.approx(expected, rel=1e-5)
+        assert short["rating"] != pytest.approx(full["rating"], abs=1e-6)  # the shorter prompt reached the model
+        unnamed = {"attributes": [("Title", "Movie 1")], "rating": 4}  # an item dict without a catalogue id
+        with pytest.raises(ValueError, match=r"history\[0\]: this task names history items by their catalogue "):
+            recommend([unnamed, *history[1:]], task="exp", target="m5", max_new_tokens=2)
+        # the content items (the last one here) may still be described without an id
+        recommend([*history[:2], unnamed], task="exp", target="m5", max_new_tokens=2)
+    finally:
+        processor.content_history_items = None
 
 
 @pytest.mark.parametrize(("token_bias", "slots", "item_ids"), [

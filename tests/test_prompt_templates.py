@@ -274,3 +274,46 @@ def test_older_history_items_can_be_their_token_alone(order, expected):
     assert everything == render_record(record, "train", item_index=ITEM_INDEX, context_order=order)
     with pytest.raises(ValueError, match="content_history_items"):
         render_record(record, "train", item_index=ITEM_INDEX, content_history_items=-1)
+
+
+# ------------------------------------------------------------------ exp with content_history_items (issue 18)
+EXP_LONG = {"task": "exp", "user_id": "u1", "history": [A, B, C], "target": {**E, "rating": 3}}
+EXP_TAIL = ("<image> Title Mug Price Unknown What is the rating and explanation for the item? <answer>")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_exp_older_history_items_are_their_token_and_rating_alone(split):
+    rendered = render_record(EXP_LONG, split, item_index=ITEM_INDEX, content_history_items=1)
+    prompt = ("<item_0> <answer> rate_5 <|endofchunk|> <item_1> <answer> rate_2 <|endofchunk|> "  # no explanation
+              "<image> Title Green Towel Price Unknown <answer> rate_4 Soft and thick enough <|endofchunk|> "
+              + EXP_TAIL)
+    assert rendered["text"] == (f"{prompt} rate_3" if split == "train" else prompt)
+    assert rendered["images"] == ["img-C", "img-E"]  # the content item and the target: one per <image>
+    assert rendered["text"].count(IMAGE_TOKEN) == len(rendered["images"])
+    assert rendered["answer"] == "rate_3"
+
+
+def test_exp_with_no_content_history_items_shows_only_the_target_image():
+    rendered = render_record(EXP_LONG, "test", item_index=ITEM_INDEX, content_history_items=0)
+    assert rendered["text"] == ("<item_0> <answer> rate_5 <|endofchunk|> <item_1> <answer> rate_2 <|endofchunk|> "
+                                "<item_2> <answer> rate_4 <|endofchunk|> " + EXP_TAIL)
+    assert rendered["images"] == ["img-E"] and rendered["text"].count(IMAGE_TOKEN) == 1
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_exp_default_rendering_is_unchanged_and_needs_no_item_index(split):
+    """None (the default) shows every history item with content, byte for byte the golden string, without
+    `item_index`; a window at least as long as the history renders the same."""
+    _, _, text, images, answer, _ = next(case for case in GOLDEN if case[:2] == ("exp", split))
+    rendered = render_record(RECORDS["exp"], split)
+    assert (rendered["text"], rendered["images"], rendered["answer"]) == (text, images, answer)
+    for count in (2, 5):
+        assert render_record(RECORDS["exp"], split, content_history_items=count) == rendered
+
+
+def test_exp_token_only_history_without_item_index_names_the_record_and_field():
+    with pytest.raises(ValueError, match=r"user_id='u1', task='exp'.*field 'history' has 2 item\(s\) before the "
+                                         r"last content_history_items=1.*pass item_index"):
+        render_record(EXP_LONG, "test", content_history_items=1)
+    with pytest.raises(ValueError, match="content_history_items must be >= 0"):
+        render_record(EXP_LONG, "test", item_index=ITEM_INDEX, content_history_items=-1)
