@@ -67,6 +67,19 @@ def test_train_recipe_reports_rating_and_explanation_metrics_on_amazon(data_dir,
     assert (Path(tmp_path) / "metrics.json").exists()
 
 
+def spy_on_render_examples(monkeypatch) -> list:
+    """Patch `recipes.evaluate.render_examples` to record every example it renders; returns that (growing) list."""
+    rendered, render_examples = [], evaluate.render_examples
+
+    def spy(*args, **kwargs):
+        examples = render_examples(*args, **kwargs)
+        rendered.extend(examples)
+        return examples
+
+    monkeypatch.setattr(evaluate, "render_examples", spy)
+    return rendered
+
+
 def test_evaluate_uses_the_checkpoint_window_and_ablation_and_keeps_training_metrics(data_dir, tmp_path, monkeypatch):
     from recipes import evaluate
 
@@ -78,14 +91,7 @@ def test_evaluate_uses_the_checkpoint_window_and_ablation_and_keeps_training_met
     ])
     train.main(recipe, training)
     training_metrics = (tmp_path / "metrics.json").read_bytes()
-    rendered, render_examples = [], evaluate.render_examples
-
-    def spy(*args, **kwargs):
-        examples = render_examples(*args, **kwargs)
-        rendered.extend(examples)
-        return examples
-
-    monkeypatch.setattr(evaluate, "render_examples", spy)
+    rendered = spy_on_render_examples(monkeypatch)
     # no --dataset, no window, no ablation flags: all come from what the checkpoint recorded
     results = evaluate.main([str(tmp_path), "--split", "validation", "test", "--max-users", "5",
                              "--data-dir", str(data_dir)])
@@ -143,14 +149,7 @@ def test_exp_evaluation_honours_content_history_items_and_heads_with_the_expecte
     processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), list(RATED_ITEMS),
                                               list(RATED_ITEMS.values()), image_size=32, content_history_items=1)
     model = make_tiny_model(processor, gate=0.5)
-    rendered, render_examples = [], evaluate.render_examples
-
-    def spy(*args, **kwargs):
-        examples = render_examples(*args, **kwargs)
-        rendered.extend(examples)
-        return examples
-
-    monkeypatch.setattr(evaluate, "render_examples", spy)
+    rendered = spy_on_render_examples(monkeypatch)
     metrics = evaluate.evaluate_explanation(model, processor, dataset_dict, split="test", max_new_tokens=0)
     monkeypatch.undo()
     assert len(rendered) == 3
