@@ -8,7 +8,10 @@ scores at the search prompt's answer (the scoring path of `recipes.evaluate`) on
 
 Selection: the target plus 9 negatives (items with an image the user never touched), shuffled with the seed; one slot
 chosen by random, popularity, or the candidate whose image is closest to the latest history image (16x16 RGB pixels,
-mean-centred, cosine). P/R/F1 (reference §4.3) and accuracy. UniMP is not scored here: its prompt has 5 slot tokens.
+mean-centred, cosine). P/R/F1 (reference §4.3) and accuracy. UniMP's select prompt has 5 slot tokens (reference §1.5),
+too few for 10 candidates; with `--rec-seeds`, the seeded recommendation runs of `benchmarks.run_benchmark`
+(`<bench-dir>/<dataset>-unimp-s<seed>`) choose instead: the candidate whose item token scores highest at the answer of
+the user's rec prompt (`selection_choices_from_scores`), one result line per training seed.
 
 Writes one result line per (dataset, task, model) through `benchmarks/results.py` and `outputs/bench/tasks.json`.
 """
@@ -45,6 +48,7 @@ KS = contract.KS
 LAMBDAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 NUM_NEGATIVES = 9
 DATASETS = {"ml100k": "ml-100k-posters", "hm": "hm-sample"}
+REC_SELECT_MODEL = "UniMP-tiny (rec scores)"
 
 
 class _Catalogue:
@@ -174,6 +178,46 @@ def selection_choices(catalogue: _Catalogue, records: list[dict], seed: int, fea
     return choices
 
 
+def selection_choices_from_scores(scores: torch.Tensor, user_rows: dict[str, int], catalogue: _Catalogue,
+                                  records: list[dict]) -> list[int]:
+    """Per selection record, the candidate slot with the highest score in its user's row of `scores` (n, items)."""
+    return [choose_best_slot([float(scores[user_rows[record["user_id"]], catalogue.index[c]])
+                              for c in record["candidates"]]) for record in records]
+
+
+def evaluate_selection_by_rec(run_dirs: dict[int, Path], dataset_dict, catalogue: _Catalogue, seed: int,
+                              batch_size: int = 32) -> dict[int, dict]:
+    """Selection by seeded rec checkpoints: {training seed: entry}, the same candidates as the baselines (`seed`)."""
+    from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
+    from recipes.common import ImageCache, render_examples
+    from recipes.evaluate import score_examples
+
+    records = {split: selection_records(dataset_dict, catalogue, split, seed) for split in ("validation", "test")}
+    entries = {}
+    for train_seed, run_dir in run_dirs.items():
+        model = UniMPForConditionalGeneration.from_pretrained(run_dir).eval()
+        processor = UniMPProcessor.from_pretrained(run_dir)
+        if list(processor.item_ids) != catalogue.item_ids:
+            raise ValueError(f"{run_dir}: its catalogue is not this dataset's item table")
+        images = ImageCache(processor.image_processor.size["height"])
+        metrics, users_per_s = {}, 0.0
+        for split, split_records in records.items():
+            examples = render_examples(dataset_dict, processor, tasks=["rec"], split=split, task_weights=None,
+                                       images=images)
+            started = time.perf_counter()
+            with torch.no_grad():
+                scores = score_examples(model, processor, examples, batch_size=batch_size)
+            user_rows = {example["user_id"]: row for row, example in enumerate(examples)}
+            chosen = selection_choices_from_scores(scores, user_rows, catalogue, split_records)
+            users_per_s = len(examples) / max(time.perf_counter() - started, 1e-9)
+            metrics[split] = selection_metrics(chosen, split_records)
+        steps = json.loads((Path(run_dir) / "metrics.json").read_text()).get("global_step", 0)
+        entries[train_seed] = {"variant": "rec item-token scores at the rec prompt's answer, best candidate",
+                               "test": metrics["test"], "validation": metrics["validation"], "ranks": None,
+                               "users_per_s": users_per_s, "steps": int(steps or 0)}
+    return entries
+
+
 def selection_metrics(chosen: list[int], records: list[dict]) -> dict:
     answers = [record["answer_slot"] for record in records]
     metrics = compute_selection_metrics([{f"s_{c}"} for c in chosen], [{f"s_{a}"} for a in answers])
@@ -214,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--unimp-only", action="store_true",
                         help="with --checkpoint: write only UniMP's result line (the baselines' are already there)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rec-seeds", nargs="*", type=int, default=[],
+                        help="score selection with the seeded rec runs <bench-dir>/<dataset>-unimp-s<seed> "
+                             "(benchmarks.run_benchmark's default variant); one line per seed")
+    parser.add_argument("--bench-dir", default="outputs/bench")
     parser.add_argument("--results-dir", default=None, help="default benchmarks/results/")
     parser.add_argument("--no-results", dest="write_results", action="store_false")
     parser.add_argument("--out", default="outputs/bench/tasks.json")
@@ -226,6 +274,11 @@ def main(argv: list[str] | None = None) -> dict:
         if checkpoint_dataset not in args.datasets:
             parser.error(f"{args.checkpoint} was trained on {checkpoint_dataset!r}, not one of --datasets "
                          f"{args.datasets}")
+    rec_runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-unimp-s{seed}" for seed in args.rec_seeds}
+                for dataset in args.datasets}
+    missing = [str(run) for runs in rec_runs.values() for run in runs.values() if not (run / "metrics.json").exists()]
+    if missing:
+        parser.error(f"--rec-seeds: no finished run in {missing} (python -m benchmarks.run_benchmark)")
     summary, lines = {}, []
     for dataset in args.datasets:
         dataset_dict = load_unimp_dataset(DATASETS[dataset], args.data_dir)
@@ -235,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.checkpoint and checkpoint_dataset == dataset:
             search |= evaluate_search_unimp(args.checkpoint, dataset_dict, catalogue)
         select = evaluate_selection(dataset_dict, catalogue, args.seed)
+        rec_select = evaluate_selection_by_rec(rec_runs[dataset], dataset_dict, catalogue, args.seed)
         summary[dataset] = {"search": {name: {k: v for k, v in entry.items() if k != "ranks"}
                                        if isinstance(entry, dict) and "test" in entry else entry
                                        for name, entry in search.items()},
@@ -247,10 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
         for name, entry in search.items():
             if not name.startswith("_"):
                 print(dataset, "search", name, {k: round(entry["test"][k], 4) for k in ("hr@10", "ndcg@10")})
-        for name, entry in select.items():
+        for train_seed, entry in rec_select.items():
+            lines.append(result_line(dataset, "select", REC_SELECT_MODEL, entry, train_seed, num_users))
+            summary[dataset]["select"][f"{REC_SELECT_MODEL} seed {train_seed}"] = {
+                k: v for k, v in entry.items() if k != "ranks"}
+        for name, entry in summary[dataset]["select"].items():
             print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
     if args.unimp_only:
-        lines = [line for line in lines if line["model"] == "UniMP"]
+        lines = [line for line in lines if line["model"] in ("UniMP", REC_SELECT_MODEL)]
     if args.write_results:
         for path in contract.append_results(lines, args.results_dir):
             print("appended to", path)

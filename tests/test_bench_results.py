@@ -266,6 +266,30 @@ def test_readme_summary_agrees_with_the_tables(tmp_path):
     assert report.main([*args, "--check"]) == 1
 
 
+def test_task_tables_average_seeds_per_model_and_stay_out_of_section_1(tmp_path):
+    """Non-rec lines get their own generated tables (§9): mean ± sd over seeds per (model, variant), the task's
+    validation metric; §1's tables and header count ignore them."""
+    def select_line(model, seed, accuracy, valid):
+        metrics = {"precision": accuracy, "recall": accuracy, "f1": accuracy, "accuracy": accuracy}
+        return make_line([1], task="select", model=model, variant="v", seed=seed, metrics=metrics, ranks=None,
+                         valid_metrics=dict(metrics, accuracy=valid), budget={"steps": 600})
+    write_synthetic(tmp_path / "results")
+    results.append_results([select_line("UniMP-tiny (rec scores)", 0, 0.2, 0.3),
+                            select_line("UniMP-tiny (rec scores)", 1, 0.4, 0.5), select_line("Pop", 0, 0.1, 0.1)],
+                           tmp_path / "results")
+    markdown = tmp_path / "BENCH.md"
+    markdown.write_text(f"{report.BEGIN_MARKER}\n{report.END_MARKER}\n§9\n{report.TASKS_BEGIN}\n{report.TASKS_END}\n")
+    args = ["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown), "--readme", ""]
+    assert report.main(args) == 0
+    section_1, section_9 = markdown.read_text().split("§9")
+    assert "select" not in section_1 and "Pop | v" not in section_1
+    row = next(r for r in section_9.splitlines() if r.startswith("| UniMP-tiny (rec scores) |"))
+    # n = 2; valid accuracy 0.4 ± 0.1414 (sample sd of 0.3, 0.5); test accuracy 0.3 ± 0.1414
+    assert row.split(" | ")[2:5] == ["2", "0.4000 ± 0.1414", "0.3000 ± 0.1414"]
+    assert "| Pop | v | 1 | 0.1000 |" in section_9 and "#### select: ML-100K" in section_9
+    assert report.main([*args, "--check"]) == 0
+
+
 def test_report_refuses_a_file_without_markers(tmp_path):
     markdown = tmp_path / "BENCH.md"
     markdown.write_text("no markers\n")

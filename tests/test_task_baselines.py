@@ -192,3 +192,18 @@ def test_result_lines_meet_the_contract():
         line = contract.validate_line(result_line("hm", task, "BM25", entry, seed=0, num_users=2))
         assert line["task"] == task and line["budget"] == {"steps": 0} and line["masking"] == "none"
     assert search["test"]["mrr@5"] == pytest.approx((1 + 1 / 4) / 2)
+
+
+def test_selection_by_rec_scores_picks_each_users_best_candidate():
+    from benchmarks.tasks import selection_choices_from_scores
+
+    catalogue = _toy_catalogue()
+    # rows follow the rec examples' order, not the selection records': user "b" is row 0
+    scores = torch.tensor([[0.1, 0.9, 0.5], [2.0, -1.0, 3.0]])
+    records = [{"user_id": "a", "candidates": ["1", "0", "2"], "answer_slot": 2},
+               {"user_id": "b", "candidates": ["0", "2", "1"], "answer_slot": 2}]
+    chosen = selection_choices_from_scores(scores, {"b": 0, "a": 1}, catalogue, records)
+    assert chosen == [2, 2]   # a: item "2" scores 3.0; b: item "1" scores 0.9
+    assert selection_metrics(chosen, records)["accuracy"] == 1.0
+    with pytest.raises(KeyError):   # a selection user without a rec prompt is an error, not a guess
+        selection_choices_from_scores(scores, {"b": 0}, catalogue, records)
