@@ -31,7 +31,9 @@ TASKS_BEGIN = "<!-- bench-tasks:begin -->"
 TASKS_END = "<!-- bench-tasks:end -->"
 # per task: (metric columns, the validation metric shown); a task not listed shows every metric of its lines
 TASK_COLUMNS = {"search": (("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10"), "ndcg@10"),
-                "select": (("precision", "recall", "f1", "accuracy"), "accuracy")}
+                "select": (("precision", "recall", "f1", "accuracy"), "accuracy"),
+                "exp": (("mae", "rmse", "mae_token", "rmse_token", "rouge1", "rougeL", "bleu4", "unigram_precision"),
+                        "rmse")}
 UNIMP_MODEL = "UniMP-tiny"
 UNIMP_VARIANT = "default"
 TITLES = {"ml100k": "ML-100K", "hm": "H&M", "amazon-mi": "Amazon MI"}
@@ -330,15 +332,21 @@ def render_tasks(lines: list[dict]) -> str:
                     + " | ".join(columns) + " | budget |",
                     "|---|---|---|" + ("---|" if valid_metric else "") + "---|" * len(columns) + "---|"]
             for (model, variant), seed_lines in rows.items():
-                cells = [_fmt(_mean_sd([line["metrics"][c] for line in seed_lines])) if all(
-                    c in line["metrics"] for line in seed_lines) else "—" for c in columns]
-                valid = [_fmt(_mean_sd([line["valid_metrics"][valid_metric] for line in seed_lines]))] \
-                    if valid_metric else []
+                cells = [_seed_cell(seed_lines, "metrics", c) for c in columns]
+                valid = [_seed_cell(seed_lines, "valid_metrics", valid_metric)] if valid_metric else []
                 out.append(f"| {model} | {variant} | {len(seed_lines)} | " + " | ".join(valid + cells)
                            + f" | {_budget_text([line['budget'] for line in seed_lines])} |")
     if not tasks:
         out += ["", "No result lines of other tasks yet."]
     return "\n".join(out)
+
+
+def _seed_cell(seed_lines: list[dict], field: str, metric: str) -> str:
+    """Mean ± sd of `metric` over the lines' `field`, or "—" where a line lacks it (e.g. text metrics of a rating
+    baseline)."""
+    if not all(metric in line[field] for line in seed_lines):
+        return "—"
+    return _fmt(_mean_sd([line[field][metric] for line in seed_lines]))
 
 
 def _dataset_order(dataset: str) -> tuple:

@@ -13,7 +13,13 @@ too few for 10 candidates; with `--rec-seeds`, the seeded recommendation runs of
 (`<bench-dir>/<dataset>-unimp-s<seed>`) choose instead: the candidate whose item token scores highest at the answer of
 the user's rec prompt (`selection_choices_from_scores`), one result line per training seed.
 
-Writes one result line per (dataset, task, model) through `benchmarks/results.py` and `outputs/bench/tasks.json`.
+Rating + explanation (reference §4.4), with `--exp-seeds`: the seeded Amazon MI runs (their default config trains
+rec + exp): the expected rating's MAE/RMSE (and the most likely rating token's), ROUGE/BLEU-4/unigram precision of the
+greedy explanation, next to the mean and bias rating baselines and "repeat the user's latest explanation", all from
+the same evaluation (`evaluate_exp_runs`).
+
+Writes one result line per (dataset, task, model, seed) through `benchmarks/results.py` and
+`outputs/bench/tasks.json`; `make bench-report` tables them (BENCHMARKS.md §9.1).
 """
 
 import argparse
@@ -49,6 +55,16 @@ LAMBDAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 NUM_NEGATIVES = 9
 DATASETS = {"ml100k": "ml-100k-posters", "hm": "hm-sample"}
 REC_SELECT_MODEL = "UniMP-tiny (rec scores)"
+# Rating + explanation (reference §4.4): datasets whose default config trains the exp task (ratings + review text)
+EXP_DATASETS = ("amazon-mi",)
+EXP_BASELINES = {"user_item_bias": "Bias (mu + b_u + b_i)", "user_mean": "User mean", "item_mean": "Item mean",
+                 "global_mean": "Global mean", "last_explanation_baseline": "Repeat latest explanation"}
+PROTOCOLS = {
+    "search": "search: category query, full catalogue, pessimistic ties",
+    "select": f"select: target + {NUM_NEGATIVES} negatives with images, seeded shuffle",
+    "exp": "exp: rating of each user's test interaction (UniMP: expected under the rating-token distribution) and "
+           "greedy explanation (<= 40 tokens) vs the unmodified review sentence; baselines fit on train",
+}
 
 
 class _Catalogue:
@@ -239,20 +255,70 @@ def evaluate_selection(dataset_dict, catalogue: _Catalogue, seed: int) -> dict:
                    "ranks": None, "users_per_s": timings["test"]} for name, variant in variants.items()}
 
 
+def exp_metrics(metrics: dict, key: str) -> dict:
+    """The flat metrics of one model in a `recipes.evaluate --task exp` result: UniMP (`key` "unimp") gives the
+    expected rating's mae/rmse, the most likely rating token's as mae_token/rmse_token, and the explanation metrics."""
+    if key != "unimp":
+        return dict(metrics[key])
+    return {**metrics["unimp_rating_expected"],
+            **{f"{name}_token": value for name, value in metrics["unimp_rating"].items()},
+            **metrics.get("unimp_explanation", {})}
+
+
+def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[str, dict]]:
+    """Rating + explanation of seeded runs trained with exp: ({training seed: UniMP entry}, {baseline: entry}).
+
+    Test: the run's own test evaluation (`recipes.train` runs `evaluate_explanation` on every test user and stores
+    it as `exp` in `metrics.json`), else `recipes.evaluate --task exp --split test`. Validation: `recipes.evaluate
+    --task exp --split validation --max-new-tokens 0` (ratings and the explanation baseline; nothing is chosen on
+    validation here, so no generation is spent on it). Either is skipped where its file exists. The baselines
+    depend on the data only: read from the first run, and checked against every other run's.
+    """
+    from recipes.evaluate import main as evaluate_main
+
+    entries, baselines = {}, {}
+    for train_seed, run_dir in run_dirs.items():
+        recorded = json.loads((Path(run_dir) / "metrics.json").read_text())
+        validation_file, test_file = (Path(run_dir) / f"metrics_exp_{split}.json" for split in ("validation", "test"))
+        if not validation_file.exists():
+            evaluate_main([str(run_dir), "--task", "exp", "--split", "validation", "--max-new-tokens", "0"])
+        if "exp" not in recorded and not test_file.exists():
+            evaluate_main([str(run_dir), "--task", "exp", "--split", "test"])
+        metrics = {"validation": json.loads(validation_file.read_text()),
+                   "test": recorded["exp"] if "exp" in recorded else json.loads(test_file.read_text())}
+        entries[train_seed] = {"variant": "default", "test": exp_metrics(metrics["test"], "unimp"),
+                               "validation": exp_metrics(metrics["validation"], "unimp"), "ranks": None,
+                               "users_per_s": metrics["test"]["eval_users_per_second"],
+                               "steps": int(recorded.get("global_step") or 0),
+                               "num_users": metrics["test"]["num_users"]}
+        for key, name in EXP_BASELINES.items():
+            if key not in metrics["test"] or key not in metrics["validation"]:
+                continue
+            entry = {"variant": "fit on train" if key != "last_explanation_baseline" else
+                     "the user's newest earlier review sentence", "test": exp_metrics(metrics["test"], key),
+                     "validation": exp_metrics(metrics["validation"], key), "ranks": None, "users_per_s": 0.0,
+                     "num_users": metrics["test"]["num_users"]}
+            if name in baselines and baselines[name]["test"] != entry["test"]:
+                raise ValueError(f"{run_dir}: baseline {name!r} differs from the first run's; same data expected")
+            baselines.setdefault(name, entry)
+    return entries, baselines
+
+
 def result_line(dataset: str, task: str, model: str, entry: dict, seed: int, num_users: int) -> dict:
     return {"dataset": dataset, "task": task, "model": model, "variant": entry["variant"], "seed": seed,
             "masking": "none", "split": "test", "metrics": entry["test"], "valid_metrics": entry["validation"],
             "budget": {"steps": entry.get("steps", 0)}, "train_seconds": 0.0,
             "eval_users_per_s": round(entry["users_per_s"], 1), "peak_rss_mib": contract.peak_rss_mib(),
             "commit": contract.git_commit(), "date": contract.utc_now(), "cpu": contract.cpu_info(),
-            "ranks": entry["ranks"], "n_users": num_users,
-            "protocol": "search: category query, full catalogue, pessimistic ties" if task == "search"
-            else f"select: target + {NUM_NEGATIVES} negatives with images, seeded shuffle"}
+            "ranks": entry["ranks"], "n_users": num_users, "protocol": PROTOCOLS[task]}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=[*DATASETS, *EXP_DATASETS],
+                        choices=[*DATASETS, *EXP_DATASETS],
+                        help=f"search + select on {list(DATASETS)}; rating + explanation (--exp-seeds) on "
+                             f"{list(EXP_DATASETS)}")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--checkpoint", default=None, help="a UniMP checkpoint trained with the search task")
     parser.add_argument("--unimp-only", action="store_true",
@@ -261,6 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rec-seeds", nargs="*", type=int, default=[],
                         help="score selection with the seeded rec runs <bench-dir>/<dataset>-unimp-s<seed> "
                              "(benchmarks.run_benchmark's default variant); one line per seed")
+    parser.add_argument("--exp-seeds", nargs="*", type=int, default=[],
+                        help="rating + explanation of the seeded runs <bench-dir>/<dataset>-unimp-s<seed> of "
+                             f"{list(EXP_DATASETS)} (their default config trains exp); one line per seed")
     parser.add_argument("--bench-dir", default="outputs/bench")
     parser.add_argument("--results-dir", default=None, help="default benchmarks/results/")
     parser.add_argument("--no-results", dest="write_results", action="store_false")
@@ -274,13 +343,26 @@ def main(argv: list[str] | None = None) -> dict:
         if checkpoint_dataset not in args.datasets:
             parser.error(f"{args.checkpoint} was trained on {checkpoint_dataset!r}, not one of --datasets "
                          f"{args.datasets}")
-    rec_runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-unimp-s{seed}" for seed in args.rec_seeds}
-                for dataset in args.datasets}
-    missing = [str(run) for runs in rec_runs.values() for run in runs.values() if not (run / "metrics.json").exists()]
+    runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-unimp-s{seed}"
+                      for seed in (args.rec_seeds if dataset in DATASETS else args.exp_seeds)}
+            for dataset in args.datasets}
+    missing = [str(run) for by_seed in runs.values() for run in by_seed.values() if not (run / "metrics.json").exists()]
     if missing:
-        parser.error(f"--rec-seeds: no finished run in {missing} (python -m benchmarks.run_benchmark)")
+        parser.error(f"--rec-seeds / --exp-seeds: no finished run in {missing} (python -m benchmarks.run_benchmark)")
     summary, lines = {}, []
-    for dataset in args.datasets:
+    for dataset in (d for d in args.datasets if d in EXP_DATASETS):
+        if not runs[dataset]:
+            print(f"{dataset}: rating + explanation needs --exp-seeds (the seeded runs of benchmarks.run_benchmark)")
+            continue
+        unimp, baselines = evaluate_exp_runs(runs[dataset])
+        entries = [("UniMP-tiny", seed, entry) for seed, entry in unimp.items()]
+        entries += [(name, args.seed, entry) for name, entry in baselines.items()]
+        summary[dataset] = {"exp": {f"{model} seed {seed}": {k: v for k, v in entry.items() if k != "ranks"}
+                                    for model, seed, entry in entries}}
+        for model, seed, entry in entries:
+            lines.append(result_line(dataset, "exp", model, entry, seed, entry["num_users"]))
+            print(dataset, "exp", model, seed, {k: round(v, 4) for k, v in entry["test"].items()})
+    for dataset in (d for d in args.datasets if d in DATASETS):
         dataset_dict = load_unimp_dataset(DATASETS[dataset], args.data_dir)
         catalogue = _Catalogue(dataset_dict)
         num_users = len(dataset_dict["test"])
@@ -288,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.checkpoint and checkpoint_dataset == dataset:
             search |= evaluate_search_unimp(args.checkpoint, dataset_dict, catalogue)
         select = evaluate_selection(dataset_dict, catalogue, args.seed)
-        rec_select = evaluate_selection_by_rec(rec_runs[dataset], dataset_dict, catalogue, args.seed)
+        rec_select = evaluate_selection_by_rec(runs[dataset], dataset_dict, catalogue, args.seed)
         summary[dataset] = {"search": {name: {k: v for k, v in entry.items() if k != "ranks"}
                                        if isinstance(entry, dict) and "test" in entry else entry
                                        for name, entry in search.items()},
@@ -307,8 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
                 k: v for k, v in entry.items() if k != "ranks"}
         for name, entry in summary[dataset]["select"].items():
             print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
-    if args.unimp_only:
-        lines = [line for line in lines if line["model"] in ("UniMP", REC_SELECT_MODEL)]
+    if args.unimp_only:   # search + select baselines already written; exp lines are all computed from the runs
+        lines = [line for line in lines if line["model"] in ("UniMP", REC_SELECT_MODEL) or line["task"] == "exp"]
     if args.write_results:
         for path in contract.append_results(lines, args.results_dir):
             print("appended to", path)

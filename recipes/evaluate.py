@@ -283,7 +283,7 @@ def evaluate_explanation(
         results["num_explanations"] = len(scored)
         results["unimp_explanation"] = compute_text_metrics(*map(list, zip(*scored)))
         results["explanation_samples"] = [{"generated": g, "reference": r} for g, r in scored[:5]]
-        # baseline: repeat the user's latest explanation of an earlier item (the newest one the prompt shows)
+    if has_text:  # baseline (needs no generation): repeat the user's latest explanation of an earlier item
         rows = {row["user_id"]: row for row in dataset_dict[split]}
         repeated = [(_latest_text(rows[example["user_id"]].get("history_explanations")), reference)
                     for example, reference in zip(examples, references) if reference]

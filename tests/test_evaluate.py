@@ -116,8 +116,9 @@ RATED_SEQUENCES = {"u0": ["i0", "i1", "i2", "i3", "i4"], "u1": ["i4", "i2", "i0"
                    "u2": ["i1", "i3", "i4", "i0", "i2"]}
 
 
-def _rated_dataset():
-    """Three users with five rated interactions each (leave-one-out: test history = the first four)."""
+def _rated_dataset(explained: bool = False):
+    """Three users with five rated interactions each (leave-one-out: test history = the first four); with
+    `explained`, interaction k of user u has the explanation "review k of u"."""
     items = {"item_id": list(RATED_ITEMS), "title": list(RATED_ITEMS.values()), "category": [None] * 5,
              "attributes": [[{"key": "Title", "value": title}] for title in RATED_ITEMS.values()],
              "image": [None] * 5}
@@ -130,12 +131,12 @@ def _rated_dataset():
             rows["history_item_ids"].append(sequence[:cut])
             rows["history_timestamps"].append(list(range(cut)))
             rows["history_ratings"].append(ratings[:cut])
-            rows["history_explanations"].append([None] * cut)
+            rows["history_explanations"].append([f"review {k} of {user}" if explained else None for k in range(cut)])
             rows["history_source_rows"].append([10 * n + k for k in range(cut)])
             rows["target_item_id"].append(sequence[cut])
             rows["target_timestamp"].append(cut)
             rows["target_rating"].append(ratings[cut])
-            rows["target_explanation"].append(None)
+            rows["target_explanation"].append(f"review {cut} of {user}" if explained else None)
             rows["target_source_row"].append(10 * n + cut)
         splits[split] = Dataset.from_dict(rows, features=USER_ROW_FEATURES)
     splits["items"] = Dataset.from_dict(items, features=ITEM_FEATURES)
@@ -165,3 +166,17 @@ def test_exp_evaluation_honours_content_history_items_and_heads_with_the_expecte
     expected = metrics["unimp_rating_expected"]
     assert evaluate.rating_headline(metrics).startswith("rating (expected under the rating-token distribution): "
                                                         f"MAE {expected['mae']:.4f} RMSE {expected['rmse']:.4f};")
+
+
+def test_repeat_latest_explanation_baseline_needs_no_generation(tiny_tokenizer):
+    """Ratings only (max_new_tokens=0) on data with explanations: no UniMP text metrics, but the repeat-latest
+    baseline is scored (it needs no model), so a cheap validation pass still has it."""
+    processor = UniMPProcessor.from_catalogue(copy.deepcopy(tiny_tokenizer), list(RATED_ITEMS),
+                                              list(RATED_ITEMS.values()), image_size=32)
+    metrics = evaluate.evaluate_explanation(make_tiny_model(processor), processor, _rated_dataset(explained=True),
+                                            split="test", max_new_tokens=0)
+    assert "unimp_explanation" not in metrics and "num_explanations" not in metrics
+    # "review 3 of u" vs "review 4 of u": 3 of 4 words in order, ROUGE-L F = 0.75 for every user
+    assert metrics["last_explanation_baseline"]["rougeL"] == pytest.approx(0.75)
+    assert "last_explanation_baseline" not in evaluate.evaluate_explanation(
+        make_tiny_model(processor), processor, _rated_dataset(), split="test", max_new_tokens=0)

@@ -1,5 +1,6 @@
 """Search and selection baselines (issue 18): BM25, query-filtered popularity, history re-ranking, selection choices."""
 
+import json
 import math
 import random
 from types import SimpleNamespace
@@ -207,3 +208,41 @@ def test_selection_by_rec_scores_picks_each_users_best_candidate():
     assert selection_metrics(chosen, records)["accuracy"] == 1.0
     with pytest.raises(KeyError):   # a selection user without a rec prompt is an error, not a guess
         selection_choices_from_scores(scores, {"b": 0}, catalogue, records)
+
+
+def _write_exp_run(folder, *, bias_rmse: float, expected_rmse: float, recorded: bool = False):
+    """A run folder with exp metrics: validation in metrics_exp_validation.json; test there too, or (`recorded`)
+    as recipes.train stores it, under "exp" in metrics.json."""
+    folder.mkdir()
+    training = {"global_step": 600}
+    for split in ("validation", "test"):
+        metrics = {"num_users": 3, "eval_users_per_second": 20.0,
+                   "unimp_rating_expected": {"mae": 0.8, "rmse": expected_rmse},
+                   "unimp_rating": {"mae": 0.6, "rmse": 1.1},
+                   "unimp_explanation": {"rougeL": 0.13, "bleu4": 0.004},
+                   "user_item_bias": {"mae": 0.7, "rmse": bias_rmse},
+                   "last_explanation_baseline": {"rougeL": 0.12, "bleu4": 0.026}}
+        if split == "test" and recorded:
+            training["exp"] = metrics
+        else:
+            (folder / f"metrics_exp_{split}.json").write_text(json.dumps(metrics))
+    (folder / "metrics.json").write_text(json.dumps(training))
+
+
+def test_exp_lines_flatten_unimp_ratings_and_keep_each_baseline_once(tmp_path):
+    from benchmarks import results as contract
+    from benchmarks.tasks import evaluate_exp_runs, result_line
+
+    _write_exp_run(tmp_path / "s0", bias_rmse=0.96, expected_rmse=0.99)
+    _write_exp_run(tmp_path / "s1", bias_rmse=0.96, expected_rmse=0.98, recorded=True)
+    unimp, baselines = evaluate_exp_runs({0: tmp_path / "s0", 1: tmp_path / "s1"})
+    # the headline rating is the expected one; the most likely token's is kept under *_token
+    assert unimp[1]["test"] == {"mae": 0.8, "rmse": 0.98, "mae_token": 0.6, "rmse_token": 1.1, "rougeL": 0.13,
+                                "bleu4": 0.004}
+    assert unimp[0]["steps"] == 600 and set(baselines) == {"Bias (mu + b_u + b_i)", "Repeat latest explanation"}
+    assert baselines["Repeat latest explanation"]["test"] == {"rougeL": 0.12, "bleu4": 0.026}
+    line = contract.validate_line(result_line("amazon-mi", "exp", "UniMP-tiny", unimp[0], 0, 3))
+    assert line["metrics"]["rmse"] == 0.99 and line["protocol"].startswith("exp:")
+    _write_exp_run(tmp_path / "s2", bias_rmse=0.50, expected_rmse=0.98)   # other data: baselines disagree
+    with pytest.raises(ValueError, match="Bias"):
+        evaluate_exp_runs({0: tmp_path / "s0", 2: tmp_path / "s2"})
