@@ -45,11 +45,11 @@ REQUIRED_FIELDS = {
     "seed": "int",
     "masking": "'none' (nothing removed from the ranking) or 'history' (the user's past items scored -inf)",
     "split": "the split the metrics are on, e.g. 'test'",
-    "metrics": f"dict of floats in [0, 1]; task 'rec': exactly {METRIC_KEYS}",
+    "metrics": f"dict of finite floats; task 'rec': exactly {METRIC_KEYS}, each in [0, 1]",
     "valid_metrics": "the same keys on validation, for the selected checkpoint/epoch",
     "budget": "{'steps': N} or {'epochs': N, 'best_epoch': M}",
     "train_seconds": "float >= 0",
-    "eval_users_per_s": "float > 0",
+    "eval_users_per_s": "float > 0; other tasks than 'rec' may give null (a baseline whose speed was not measured)",
     "peak_rss_mib": "float > 0",
     "commit": "git commit the run was made from",
     "date": "ISO 8601 time the run finished",
@@ -150,6 +150,8 @@ def validate_line(line: dict) -> dict:
     if not _is_number(line["train_seconds"]) or line["train_seconds"] < 0:
         raise ResultLineError(f"field 'train_seconds': expected a number >= 0, got {line['train_seconds']!r}")
     for field in ("eval_users_per_s", "peak_rss_mib"):
+        if field == "eval_users_per_s" and line[field] is None and line["task"] != "rec":
+            continue
         if not _is_number(line[field]) or line[field] <= 0:
             raise ResultLineError(f"field {field!r}: expected a number > 0, got {line[field]!r}")
     cpu = line["cpu"]

@@ -227,10 +227,11 @@ def evaluate_selection_by_rec(run_dirs: dict[int, Path], dataset_dict, catalogue
             chosen = selection_choices_from_scores(scores, user_rows, catalogue, split_records)
             users_per_s = len(examples) / max(time.perf_counter() - started, 1e-9)
             metrics[split] = selection_metrics(chosen, split_records)
-        steps = json.loads((Path(run_dir) / "metrics.json").read_text()).get("global_step", 0)
+        recorded = json.loads((Path(run_dir) / "metrics.json").read_text())
         entries[train_seed] = {"variant": "rec item-token scores at the rec prompt's answer, best candidate",
                                "test": metrics["test"], "validation": metrics["validation"], "ranks": None,
-                               "users_per_s": users_per_s, "steps": int(steps or 0)}
+                               "users_per_s": users_per_s, "steps": int(recorded.get("global_step") or 0),
+                               "train_seconds": recorded.get("train_seconds") or 0.0}
     return entries
 
 
@@ -290,13 +291,14 @@ def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[
                                "validation": exp_metrics(metrics["validation"], "unimp"), "ranks": None,
                                "users_per_s": metrics["test"]["eval_users_per_second"],
                                "steps": int(recorded.get("global_step") or 0),
+                               "train_seconds": recorded.get("train_seconds") or 0.0,
                                "num_users": metrics["test"]["num_users"]}
         for key, name in EXP_BASELINES.items():
             if key not in metrics["test"] or key not in metrics["validation"]:
                 continue
             entry = {"variant": "fit on train" if key != "last_explanation_baseline" else
                      "the user's newest earlier review sentence", "test": exp_metrics(metrics["test"], key),
-                     "validation": exp_metrics(metrics["validation"], key), "ranks": None, "users_per_s": 0.0,
+                     "validation": exp_metrics(metrics["validation"], key), "ranks": None, "users_per_s": None,
                      "num_users": metrics["test"]["num_users"]}
             if name in baselines and baselines[name]["test"] != entry["test"]:
                 raise ValueError(f"{run_dir}: baseline {name!r} differs from the first run's; same data expected")
@@ -307,8 +309,9 @@ def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[
 def result_line(dataset: str, task: str, model: str, entry: dict, seed: int, num_users: int) -> dict:
     return {"dataset": dataset, "task": task, "model": model, "variant": entry["variant"], "seed": seed,
             "masking": "none", "split": "test", "metrics": entry["test"], "valid_metrics": entry["validation"],
-            "budget": {"steps": entry.get("steps", 0)}, "train_seconds": 0.0,
-            "eval_users_per_s": round(entry["users_per_s"], 1), "peak_rss_mib": contract.peak_rss_mib(),
+            "budget": {"steps": entry.get("steps", 0)}, "train_seconds": float(entry.get("train_seconds", 0.0)),
+            "eval_users_per_s": None if entry["users_per_s"] is None else round(entry["users_per_s"], 1),
+            "peak_rss_mib": contract.peak_rss_mib(),
             "commit": contract.git_commit(), "date": contract.utc_now(), "cpu": contract.cpu_info(),
             "ranks": entry["ranks"], "n_users": num_users, "protocol": PROTOCOLS[task]}
 

@@ -105,9 +105,11 @@ def test_reader_names_the_file_and_line_of_a_bad_line(tmp_path):
         results.read_results(path)
 
 
-def test_other_tasks_need_no_ranks():
+def test_other_tasks_need_no_ranks_and_may_leave_an_unmeasured_speed_null():
     results.validate_line(make_line([1], task="exp", metrics={"bleu": 3.2}, valid_metrics={"bleu": 3.0},
-                                    ranks=None))
+                                    ranks=None, eval_users_per_s=None))
+    with pytest.raises(results.ResultLineError, match="eval_users_per_s"):
+        results.validate_line(make_line([1], eval_users_per_s=None))   # a 'rec' line always has its speed
 
 
 # ---------------------------------------------------------------------------------------------------------------

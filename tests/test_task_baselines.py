@@ -243,6 +243,10 @@ def test_exp_lines_flatten_unimp_ratings_and_keep_each_baseline_once(tmp_path):
     assert baselines["Repeat latest explanation"]["test"] == {"rougeL": 0.12, "bleu4": 0.026}
     line = contract.validate_line(result_line("amazon-mi", "exp", "UniMP-tiny", unimp[0], 0, 3))
     assert line["metrics"]["rmse"] == 0.99 and line["protocol"].startswith("exp:")
+    # a baseline's speed was not measured: null (the contract takes it for other tasks than 'rec')
+    baseline = contract.validate_line(result_line("amazon-mi", "exp", "Bias", baselines["Bias (mu + b_u + b_i)"], 0, 3))
+    assert baseline["eval_users_per_s"] is None
+
     _write_exp_run(tmp_path / "s2", bias_rmse=0.50, expected_rmse=0.98)   # other data: baselines disagree
     with pytest.raises(ValueError, match="Bias"):
         evaluate_exp_runs({0: tmp_path / "s0", 2: tmp_path / "s2"})
