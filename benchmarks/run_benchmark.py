@@ -63,6 +63,10 @@ VARIANTS = {
     # issue 12 item 5: the vision tower starts from `recipes.pretrain_vision` (contrastive against MiniLM item text,
     # BENCHMARKS §4) instead of random; `{dataset}` is the builder name (the recipe's output folder)
     "pretrained_vision": ["vision_model_name_or_path=outputs/pretrain_vision/{dataset}"],
+    # BENCHMARKS §7.3: with the Flamingo start (gates at tanh(0) = 0) the images hardly reach the prediction within
+    # CPU step budgets; these open the gated cross-attention from the first step
+    "gate_init_0.5": ["gate_init=0.5"],
+    "gate_init_1": ["gate_init=1.0"],
 }
 # Configs of the recipes that must have run before a variant: `make bench-ablations` runs them when their output is
 # missing (`ensure_prerequisites`).

@@ -83,6 +83,11 @@ class RecipeArguments:
         default="id", metadata={"help": "id | content | id+content: what a fresh model's <item_k> vectors are made of "
                                         "(UniMPConfig.item_representation, issue 12)."}
     )
+    gate_init: float | None = field(
+        default=None, metadata={"help": "Start value g of a fresh model's tanh(g) cross-attention gates (None: the "
+                                        "config's 0, the Flamingo start, where an untrained model equals its LM; "
+                                        "BENCHMARKS §7.3: after 100-600 CPU steps the gates are still ~0)."}
+    )
     item_text_encoder: str | None = field(
         default=None, metadata={"help": "Sentence-encoder folder for item text content (None: the MiniLM wheel)."}
     )

@@ -42,11 +42,15 @@ logger = logging.getLogger("unimp.recipes.train")
 def build_model(recipe: RecipeArguments, dataset_dict):
     """The model and its processor: from a UniMP checkpoint, from pretrained towers, or a fresh preset."""
     if recipe.model_name_or_path:
+        if recipe.gate_init is not None:
+            raise ValueError(f"gate_init={recipe.gate_init} sets a fresh model's gates; model_name_or_path="
+                             f"{recipe.model_name_or_path!r} brings trained ones (leave gate_init unset)")
         model = UniMPForConditionalGeneration.from_pretrained(recipe.model_name_or_path)
         return model, apply_history_layout(UniMPProcessor.from_pretrained(recipe.model_name_or_path), recipe)
     if recipe.model_preset not in ("tiny", "paper"):
         raise ValueError(f"model_preset must be 'tiny' or 'paper', got {recipe.model_preset!r}")
-    config = getattr(UniMPConfig, recipe.model_preset)(item_representation=recipe.item_representation)
+    overrides = {} if recipe.gate_init is None else {"gate_init": recipe.gate_init}
+    config = getattr(UniMPConfig, recipe.model_preset)(item_representation=recipe.item_representation, **overrides)
     tokenizer = None
     if recipe.text_model_name_or_path:
         text_kwargs = {"gguf_file": recipe.text_gguf_file} if recipe.text_gguf_file else {}

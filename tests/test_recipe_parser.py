@@ -107,3 +107,23 @@ def test_set_torch_threads_honours_omp_num_threads(monkeypatch):
         assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_gate_init_sets_a_fresh_models_gates_and_is_refused_with_a_checkpoint(tmp_path):
+    """`gate_init` (issue 12, BENCHMARKS §7.3) reaches every tanh gate of a fresh model; unset keeps the config's 0;
+    with `model_name_or_path` it is an error (the checkpoint's gates are trained)."""
+    from test_evaluate import _rated_dataset
+
+    def gates(*overrides):
+        recipe, _ = train.parse_args(["--config", CONFIG, "--output_dir", str(tmp_path), *overrides])
+        model, _ = train.build_model(recipe, _rated_dataset())
+        values = [p.detach() for name, p in model.named_parameters() if name.endswith(("attn_gate", "ff_gate"))]
+        assert len(values) == 2 * model.config.text_config.num_hidden_layers   # one block per layer in tiny
+        return values
+
+    assert all(float(g) == 0.5 for g in gates("--gate_init", "0.5"))
+    assert all(float(g) == 0.0 for g in gates())
+    recipe, _ = train.parse_args(["--config", CONFIG, "--output_dir", str(tmp_path), "--gate_init", "0.5",
+                                  "--model_name_or_path", str(tmp_path)])
+    with pytest.raises(ValueError, match="gate_init"):
+        train.build_model(recipe, _rated_dataset())
