@@ -15,6 +15,7 @@ Usage: python -m benchmarks.run_benchmark --datasets ml100k amazon-mi hm --seeds
 
 import argparse
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -67,7 +68,17 @@ VARIANTS = {
     # CPU step budgets; these open the gated cross-attention from the first step
     "gate_init_0.5": ["gate_init=0.5"],
     "gate_init_1": ["gate_init=1.0"],
+    # issue 18 item 5, multi-task at the same number of rec examples seen (EQUAL_REC_EXAMPLES): the paper's claim that
+    # the tasks help each other, against the rec-only default
+    "mt_rec_exp": ["tasks=[rec,exp]"],
+    "mt_all": ["tasks=[rec,exp,select,search]"],
+    "mt_rec_select_search": ["tasks=[rec,select,search]"],
 }
+# Variants whose step budget is the dataset's budget x (training examples of all their tasks / rec examples), rounded
+# up to a multiple of EVAL_EVERY (`equal_rec_steps`): the trainer shuffles one pool of examples, so such a run shows
+# the rec-only run's number of rec examples in expectation (the one multi_task run of §1.4 had the same steps, so
+# fewer rec examples, and a confounded answer).
+EQUAL_REC_EXAMPLES = {"mt_rec_exp", "mt_all", "mt_rec_select_search"}
 # Configs of the recipes that must have run before a variant: `make bench-ablations` runs them when their output is
 # missing (`ensure_prerequisites`).
 PREREQUISITES = {"pretrained_vision": ("recipes.pretrain_vision", "recipes/configs/pretrain_vision_{short}.yaml",
@@ -76,6 +87,8 @@ PREREQUISITES = {"pretrained_vision": ("recipes.pretrain_vision", "recipes/confi
 # single_task is their default), amazon-mi trains rec + exp (its multi_task), H&M has no ratings for the exp task,
 # and only ml100k's config shows 50 history items.
 APPLIES_TO = {"single_task": {"amazon-mi"}, "multi_task": {"ml100k"}, "short_history": {"ml100k"},
+              # exp needs ratings (not H&M); select and search need images and categories (not Amazon MI)
+              "mt_rec_exp": {"ml100k"}, "mt_all": {"ml100k"}, "mt_rec_select_search": {"ml100k", "hm"},
               "long_history": {"hm", "amazon-mi"}, "pretrained_vision": {"ml100k", "hm"}}  # Amazon MI: no images
 MASKING_NOTES = {
     "none": "nothing masked: every catalogue item is ranked (RecBole's sequential-model convention)",
@@ -96,6 +109,30 @@ def ensure_prerequisites(variant: str, dataset: str, log: Path) -> None:
                               for part in PREREQUISITES[variant])
     if not (REPO / output).exists():
         run_logged([sys.executable, "-m", module, str(REPO / config), f"output_dir={REPO / output}"], log)
+
+
+def equal_rec_steps(steps: int, counts: dict[str, int], eval_every: int) -> int:
+    """The steps at which a run over the pooled examples `counts` ({task: training examples}) sees, in expectation,
+    as many rec examples as `steps` steps of rec alone; rounded up to a multiple of `eval_every`."""
+    if counts.get("rec", 0) <= 0:
+        raise ValueError(f"no rec training examples among {counts}: nothing to hold equal")
+    scaled = steps * sum(counts.values()) / counts["rec"]
+    return eval_every * math.ceil(scaled / eval_every - 1e-9)
+
+
+def training_example_counts(dataset: str, variant: str, extra: list[str]) -> dict[str, int]:
+    """{task: training examples} that `recipes.train` would render for `variant` on `dataset` (records only)."""
+    from processing.task_records import build_task_records
+    from recipes import train as train_recipe
+    from recipes.common import load_dataset_dict, task_record_kwargs
+
+    recipe, training = train_recipe.parse_args([str(CONFIGS[dataset]), *variant_overrides(variant, dataset), *extra])
+    if training.max_history_items is None:
+        raise ValueError(f"{CONFIGS[dataset]}: set max_history_items to count {variant}'s training examples")
+    dataset_dict = load_dataset_dict(recipe)
+    return {task: len(build_task_records(dataset_dict, task, "train", **task_record_kwargs(
+        task, "train", max_history_items=training.max_history_items, seed=training.seed,
+        num_windows_per_user=recipe.num_windows_per_user))) for task in recipe.tasks}
 
 
 def variant_name(variant: str) -> str:
@@ -374,6 +411,12 @@ def main(argv: list[str] | None = None) -> dict:
             if dataset not in APPLIES_TO.get(variant, {dataset}):
                 print(f"[bench] {dataset}/{variant}: skipped (the variant applies to {sorted(APPLIES_TO[variant])})")
                 continue
+            variant_steps = steps
+            if variant in EQUAL_REC_EXAMPLES:
+                counts = training_example_counts(dataset, variant, args.overrides)
+                variant_steps = equal_rec_steps(steps, counts, EVAL_EVERY[dataset])
+                print(f"[bench] {dataset}/{variant}: training examples {counts}: {variant_steps} steps for the rec "
+                      f"examples of {steps} rec-only steps", flush=True)
             for seed in args.seeds:
                 keys = {(dataset, "rec", MODEL_NAME, variant_name(variant), seed, m) for m in contract.MASKINGS}
                 if not args.force and results_dir is not None and keys <= existing_keys(results_dir):
@@ -381,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 try:
                     results[dataset][f"{variant} s{seed}"] = run_seed(
-                        dataset, variant, seed, steps, args.out, args.overrides, atomic_dir=args.atomic_dir,
+                        dataset, variant, seed, variant_steps, args.out, args.overrides, atomic_dir=args.atomic_dir,
                         results_dir=results_dir)
                 except (RuntimeError, ValueError) as error:  # one failed run does not stop the queue; rerun resumes
                     failures.append(f"{dataset}/{variant}/seed {seed}: {error}")

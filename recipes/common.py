@@ -221,6 +221,16 @@ def load_pixel_array(path: str | Path, size: int, *, draft: bool = False) -> np.
     return np.asarray(image, dtype=np.uint8)
 
 
+def task_record_kwargs(task: str, split: str, *, max_history_items: int, seed: int,
+                       num_windows_per_user: int | None = None) -> dict:
+    """The `build_task_records` arguments `render_examples` uses for `task` on `split` (training windows: every task
+    but select, which draws one window per user)."""
+    kwargs = {"max_history_items": max_history_items, "seed": seed}
+    if split == "train" and task != "select":
+        kwargs["num_windows_per_user"] = num_windows_per_user
+    return kwargs
+
+
 def render_examples(
     dataset_dict,
     processor: UniMPProcessor,
@@ -246,10 +256,9 @@ def render_examples(
     item_index = build_item_index(processor.item_ids)
     examples = []
     for task in tasks:
-        kwargs = {"max_history_items": processor.max_history_items, "seed": seed}
-        if split == "train" and task != "select":
-            kwargs["num_windows_per_user"] = num_windows_per_user
-        records = build_task_records(dataset_dict, task, split, **kwargs)
+        records = build_task_records(dataset_dict, task, split, **task_record_kwargs(
+            task, split, max_history_items=processor.max_history_items, seed=seed,
+            num_windows_per_user=num_windows_per_user))
         if max_users is not None:
             records = records[:max_users]
         for record in records:

@@ -143,3 +143,18 @@ def test_pretrained_vision_variant_starts_from_the_dataset_tower_and_pretrains_i
     bench.ensure_prerequisites("pretrained_vision", "ml100k", tmp_path / "log")  # there already: nothing runs
     bench.ensure_prerequisites("content", "ml100k", tmp_path / "log")
     assert len(calls) == 1
+
+
+def test_multi_task_variants_hold_the_rec_examples_of_the_rec_only_budget():
+    """issue 18 item 5: a pool of rec 8,380 + exp 8,380 examples needs twice the steps for the same rec examples;
+    the budget is rounded up to the validation interval; without rec examples there is nothing to hold equal."""
+    bench = _load_run_benchmark()
+    assert bench.equal_rec_steps(600, {"rec": 8380, "exp": 8380}, 150) == 1200
+    # 100 x (1485 + 496 + 1485) / 1485 = 233.4 -> 300 (multiples of 100)
+    assert bench.equal_rec_steps(100, {"rec": 1485, "select": 496, "search": 1485}, 100) == 300
+    assert bench.equal_rec_steps(600, {"rec": 10}, 150) == 600   # rec alone: the budget itself
+    with pytest.raises(ValueError, match="no rec"):
+        bench.equal_rec_steps(600, {"exp": 10}, 150)
+    for variant in bench.EQUAL_REC_EXAMPLES:   # each trains rec plus other tasks, on the datasets that have them
+        tasks = bench.VARIANTS[variant][0]
+        assert tasks.startswith("tasks=[rec,") and bench.APPLIES_TO[variant] <= set(bench.CONFIGS)
