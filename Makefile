@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # each other (half the CPU went to sched_yield; a training step was 7x slower). See BENCHMARKS.md.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain bench-cold-items bench-preference clean
+.PHONY: setup demo app test test-slow lint bench bench-peers bench-unimp bench-ablations bench-item-content bench-report bench-rating-peers bench-soak bench-speed bench-scaling bench-tasks bench-new-domain bench-cold-items bench-preference bench-multitask clean
 
 setup: $(STAMP)
 
@@ -113,6 +113,13 @@ bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
 	  --variants paper_order no_images no_text gamma0 no_context single_task multi_task user_disjoint pretrained_vision \
 	  --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
+
+# Issue 18 item 5: does multi-task help rec? rec + other tasks at the same number of rec examples seen as the rec-only
+# default (run_benchmark.EQUAL_REC_EXAMPLES: ML-100K rec+exp 1,200 steps, all four tasks 1,950; H&M rec+select+search
+# 300), 3 seeds, rows `UniMP-tiny [mt_*]` of BENCHMARKS §1.1. ML-100K takes ~1 h per run on one core.
+bench-multitask: $(STAMP) $(PEER_DATA)/.exported
+	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets hm ml100k --seeds $(UNIMP_SEEDS) \
+	  --variants mt_rec_select_search mt_rec_exp mt_all --atomic-dir $(PEER_DATA) $(FORCE)
 
 # Issue 12: item tokens as content (item_representation content / id+content) next to the id default, 1 seed each.
 bench-item-content: $(STAMP) $(PEER_DATA)/.exported
