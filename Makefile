@@ -161,12 +161,15 @@ bench-soak: $(STAMP)
 # Search and selection (issue 18) on the ML-100K and H&M test splits: the untrained baselines (minutes), and UniMP's
 # search ranks next to them with CHECKPOINT=<a checkpoint trained with the search task> (its dataset only), and
 # selection by the seeded rec runs of `make bench-unimp` with REC_SEEDS="0 1 2" (outputs/bench/<dataset>-unimp-s<seed>),
-# rating + explanation of the seeded Amazon MI runs (rec + exp) with EXP_SEEDS="0 1 2".
+# rating + explanation of the seeded Amazon MI runs (rec + exp) with EXP_SEEDS="0 1 2", and UniMP search by the
+# seeded runs of a variant that trains search with SEARCH_SEEDS="0 1 2" (SEARCH_VARIANT, default mt_rec_select_search).
 # One contract line per (dataset, task, model, seed) in benchmarks/results/, the summary in outputs/bench/tasks.json;
 # `make bench-report` tables them (BENCHMARKS.md §9.1).
+SEARCH_VARIANT ?= mt_rec_select_search
 bench-tasks: $(STAMP)
 	nice -n 15 $(BIN)/python -m benchmarks.tasks $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-	  $(if $(REC_SEEDS),--rec-seeds $(REC_SEEDS)) $(if $(EXP_SEEDS),--exp-seeds $(EXP_SEEDS))
+	  $(if $(REC_SEEDS),--rec-seeds $(REC_SEEDS)) $(if $(EXP_SEEDS),--exp-seeds $(EXP_SEEDS)) \
+	  $(if $(SEARCH_SEEDS),--search-variant $(SEARCH_VARIANT) --search-seeds $(SEARCH_SEEDS))
 
 # New-domain transfer (issue 12, BENCHMARKS.md "New-domain transfer"): UniMP-tiny trained on Amazon MI with
 # item_representation=content, ranked on the Amazon 2018 small categories (Gift Cards + Magazine Subscriptions) zero-shot

@@ -4,7 +4,9 @@ Search: the query is the target item's category text (`task_records.item_query`,
 model scores the whole catalogue and the target's exact rank (ties against it, `rank_of_targets`) gives
 HR/NDCG/MRR@5/10/20. Baselines: BM25 over item text, popularity, popularity filtered by the query, BM25 re-ranked by
 TF-IDF similarity to the user's history (λ chosen on validation by NDCG@10). With `--checkpoint`, UniMP's item-token
-scores at the search prompt's answer (the scoring path of `recipes.evaluate`) on the checkpoint's dataset.
+scores at the search prompt's answer (the scoring path of `recipes.evaluate`) on the checkpoint's dataset; with
+`--search-variant V --search-seeds 0 1 2`, the same for the seeded runs of a `benchmarks.run_benchmark` variant that
+trains search (e.g. `mt_rec_select_search`), one line per seed.
 
 Selection: the target plus 9 negatives (items with an image the user never touched), shuffled with the seed; one slot
 chosen by random, popularity, or the candidate whose image is closest to the latest history image (16x16 RGB pixels,
@@ -54,6 +56,7 @@ KS = contract.KS
 LAMBDAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 NUM_NEGATIVES = 9
 DATASETS = {"ml100k": "ml-100k-posters", "hm": "hm-sample"}
+MODEL_NAME = "UniMP-tiny"   # the seeded runs of benchmarks.run_benchmark
 REC_SELECT_MODEL = "UniMP-tiny (rec scores)"
 # Rating + explanation (reference §4.4): datasets whose default config trains the exp task (ratings + review text)
 EXP_DATASETS = ("amazon-mi",)
@@ -127,8 +130,10 @@ def evaluate_search(dataset_dict, catalogue: _Catalogue) -> dict:
     return out
 
 
-def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, batch_size: int = 32) -> dict:
-    """UniMP's search ranks: item-token scores at the answer of each search prompt (`recipes.evaluate` scoring)."""
+def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, batch_size: int = 32,
+                          variant: str | None = None) -> dict:
+    """UniMP's search ranks: item-token scores at the answer of each search prompt (`recipes.evaluate` scoring);
+    the entry's variant is `variant`, else `checkpoint=<checkpoint>`."""
     from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
     from recipes.common import ImageCache, render_examples
     from recipes.evaluate import TRAINING_METRICS, score_examples
@@ -150,11 +155,12 @@ def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, 
         result[split] = compute_ranking_metrics_from_ranks(ranks, KS)
         if split == "test":
             result.update(ranks=[int(rank) for rank in ranks], users_per_s=users_per_s)
-    recorded = Path(checkpoint) / TRAINING_METRICS  # recipes.train's record: the step count of the run
-    steps = json.loads(recorded.read_text()).get("global_step", 0) if recorded.exists() else 0
-    return {"UniMP": {"variant": f"checkpoint={checkpoint}", "test": result["test"],
+    recorded_path = Path(checkpoint) / TRAINING_METRICS  # recipes.train's record: the run's steps and time
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.exists() else {}
+    return {"UniMP": {"variant": variant or f"checkpoint={checkpoint}", "test": result["test"],
                       "validation": result["validation"], "ranks": result["ranks"],
-                      "users_per_s": result["users_per_s"], "steps": int(steps or 0)}}
+                      "users_per_s": result["users_per_s"], "steps": int(recorded.get("global_step") or 0),
+                      "train_seconds": recorded.get("train_seconds") or 0.0}}
 
 
 def selection_records(dataset_dict, catalogue: _Catalogue, split: str, seed: int) -> list[dict]:
@@ -333,6 +339,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exp-seeds", nargs="*", type=int, default=[],
                         help="rating + explanation of the seeded runs <bench-dir>/<dataset>-unimp-s<seed> of "
                              f"{list(EXP_DATASETS)} (their default config trains exp); one line per seed")
+    parser.add_argument("--search-variant", default=None,
+                        help="with --search-seeds: the benchmarks.run_benchmark variant whose seeded runs "
+                             "<bench-dir>/<dataset>-<variant>-s<seed> trained search (e.g. mt_rec_select_search)")
+    parser.add_argument("--search-seeds", nargs="*", type=int, default=[])
     parser.add_argument("--bench-dir", default="outputs/bench")
     parser.add_argument("--results-dir", default=None, help="default benchmarks/results/")
     parser.add_argument("--no-results", dest="write_results", action="store_false")
@@ -349,16 +359,22 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-unimp-s{seed}"
                       for seed in (args.rec_seeds if dataset in DATASETS else args.exp_seeds)}
             for dataset in args.datasets}
-    missing = [str(run) for by_seed in runs.values() for run in by_seed.values() if not (run / "metrics.json").exists()]
+    if bool(args.search_variant) != bool(args.search_seeds):
+        parser.error("--search-variant and --search-seeds go together")
+    search_runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-{args.search_variant}-s{seed}"
+                             for seed in args.search_seeds} for dataset in args.datasets if dataset in DATASETS}
+    missing = [str(run) for by_seed in [*runs.values(), *search_runs.values()] for run in by_seed.values()
+               if not (run / "metrics.json").exists()]
     if missing:
-        parser.error(f"--rec-seeds / --exp-seeds: no finished run in {missing} (python -m benchmarks.run_benchmark)")
+        parser.error(f"--rec-seeds / --exp-seeds / --search-seeds: no finished run in {missing} "
+                     "(python -m benchmarks.run_benchmark)")
     summary, lines = {}, []
     for dataset in (d for d in args.datasets if d in EXP_DATASETS):
         if not runs[dataset]:
             print(f"{dataset}: rating + explanation needs --exp-seeds (the seeded runs of benchmarks.run_benchmark)")
             continue
         unimp, baselines = evaluate_exp_runs(runs[dataset])
-        entries = [("UniMP-tiny", seed, entry) for seed, entry in unimp.items()]
+        entries = [(MODEL_NAME, seed, entry) for seed, entry in unimp.items()]
         entries += [(name, args.seed, entry) for name, entry in baselines.items()]
         summary[dataset] = {"exp": {f"{model} seed {seed}": {k: v for k, v in entry.items() if k != "ranks"}
                                     for model, seed, entry in entries}}
@@ -372,6 +388,9 @@ def main(argv: list[str] | None = None) -> dict:
         search = evaluate_search(dataset_dict, catalogue)
         if args.checkpoint and checkpoint_dataset == dataset:
             search |= evaluate_search_unimp(args.checkpoint, dataset_dict, catalogue)
+        seeded_search = {seed: evaluate_search_unimp(str(run), dataset_dict, catalogue,
+                                                     variant=args.search_variant)["UniMP"]
+                         for seed, run in search_runs[dataset].items()}
         select = evaluate_selection(dataset_dict, catalogue, args.seed)
         rec_select = evaluate_selection_by_rec(runs[dataset], dataset_dict, catalogue, args.seed)
         summary[dataset] = {"search": {name: {k: v for k, v in entry.items() if k != "ranks"}
@@ -386,6 +405,11 @@ def main(argv: list[str] | None = None) -> dict:
         for name, entry in search.items():
             if not name.startswith("_"):
                 print(dataset, "search", name, {k: round(entry["test"][k], 4) for k in ("hr@10", "ndcg@10")})
+        for train_seed, entry in seeded_search.items():
+            lines.append(result_line(dataset, "search", MODEL_NAME, entry, train_seed, num_users))
+            summary[dataset]["search"][f"{MODEL_NAME} seed {train_seed}"] = {
+                k: v for k, v in entry.items() if k != "ranks"}
+            print(dataset, "search", MODEL_NAME, train_seed, round(entry["test"]["ndcg@10"], 4))
         for train_seed, entry in rec_select.items():
             lines.append(result_line(dataset, "select", REC_SELECT_MODEL, entry, train_seed, num_users))
             summary[dataset]["select"][f"{REC_SELECT_MODEL} seed {train_seed}"] = {
@@ -393,7 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, entry in summary[dataset]["select"].items():
             print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
     if args.unimp_only:   # search + select baselines already written; exp lines are all computed from the runs
-        lines = [line for line in lines if line["model"] in ("UniMP", REC_SELECT_MODEL) or line["task"] == "exp"]
+        lines = [line for line in lines
+                 if line["model"] in ("UniMP", MODEL_NAME, REC_SELECT_MODEL) or line["task"] == "exp"]
     if args.write_results:
         for path in contract.append_results(lines, args.results_dir):
             print("appended to", path)
