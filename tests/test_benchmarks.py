@@ -158,3 +158,15 @@ def test_multi_task_variants_hold_the_rec_examples_of_the_rec_only_budget():
     for variant in bench.EQUAL_REC_EXAMPLES:   # each trains rec plus other tasks, on the datasets that have them
         tasks = bench.VARIANTS[variant][0]
         assert tasks.startswith("tasks=[rec,") and bench.APPLIES_TO[variant] <= set(bench.CONFIGS)
+
+
+def test_padding_share_counts_the_tokens_added_to_each_batch():
+    from benchmarks.padding import length_grouped, padding_share
+
+    lengths = [1, 3, 3, 1]
+    # batches (1, 3) and (3, 1): 8 real of 12 padded tokens -> a third is padding
+    assert padding_share(lengths, [0, 1, 2, 3], 2) == (pytest.approx(1 / 3), 12)
+    grouped = length_grouped([0, 1, 2, 3], lengths, 2)   # one megabatch sorted by length: (3, 3), (1, 1)
+    assert grouped == [1, 2, 0, 3] and padding_share(lengths, grouped, 2) == (0.0, 8)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        padding_share(lengths, [0], 2)
