@@ -161,14 +161,18 @@ bench-soak: $(STAMP)
 # Search and selection (issue 18) on the ML-100K and H&M test splits: the untrained baselines (minutes), and UniMP's
 # search ranks next to them with CHECKPOINT=<a checkpoint trained with the search task> (its dataset only), and
 # selection by the seeded rec runs of `make bench-unimp` with REC_SEEDS="0 1 2" (outputs/bench/<dataset>-unimp-s<seed>),
-# rating + explanation of the seeded Amazon MI runs (rec + exp) with EXP_SEEDS="0 1 2", and UniMP search by the
+# rating + explanation of the seeded Amazon MI runs (rec + exp) with EXP_SEEDS="0 1 2" (ML-100K: EXP_DATASETS=ml100k
+# EXP_VARIANT=mt_rec_exp, the runs of `make bench-multitask`), and UniMP search by the
 # seeded runs of a variant that trains search with SEARCH_SEEDS="0 1 2" (SEARCH_VARIANT, default mt_rec_select_search).
 # One contract line per (dataset, task, model, seed) in benchmarks/results/, the summary in outputs/bench/tasks.json;
 # `make bench-report` tables them (BENCHMARKS.md §9.1).
 SEARCH_VARIANT ?= mt_rec_select_search
+EXP_DATASETS ?= amazon-mi
+EXP_VARIANT ?= unimp
 bench-tasks: $(STAMP)
 	nice -n 15 $(BIN)/python -m benchmarks.tasks $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-	  $(if $(REC_SEEDS),--rec-seeds $(REC_SEEDS)) $(if $(EXP_SEEDS),--exp-seeds $(EXP_SEEDS)) \
+	  $(if $(REC_SEEDS),--rec-seeds $(REC_SEEDS)) \
+	  $(if $(EXP_SEEDS),--exp-seeds $(EXP_SEEDS) --exp-datasets $(EXP_DATASETS) --exp-variant $(EXP_VARIANT)) \
 	  $(if $(SEARCH_SEEDS),--search-variant $(SEARCH_VARIANT) --search-seeds $(SEARCH_SEEDS))
 
 # New-domain transfer (issue 12, BENCHMARKS.md "New-domain transfer"): UniMP-tiny trained on Amazon MI with

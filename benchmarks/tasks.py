@@ -15,10 +15,10 @@ too few for 10 candidates; with `--rec-seeds`, the seeded recommendation runs of
 (`<bench-dir>/<dataset>-unimp-s<seed>`) choose instead: the candidate whose item token scores highest at the answer of
 the user's rec prompt (`selection_choices_from_scores`), one result line per training seed.
 
-Rating + explanation (reference §4.4), with `--exp-seeds`: the seeded Amazon MI runs (their default config trains
-rec + exp): the expected rating's MAE/RMSE (and the most likely rating token's), ROUGE/BLEU-4/unigram precision of the
-greedy explanation, next to the mean and bias rating baselines and "repeat the user's latest explanation", all from
-the same evaluation (`evaluate_exp_runs`).
+Rating + explanation (reference §4.4), with `--exp-seeds`: seeded runs that trained exp (Amazon MI's default config;
+ML-100K's `mt_rec_exp` variant, `--exp-datasets ml100k --exp-variant mt_rec_exp`): the expected rating's MAE/RMSE
+(and the most likely rating token's), ROUGE/BLEU-4/unigram precision of the greedy explanation, next to the mean and
+bias rating baselines and "repeat the user's latest explanation", all from the same evaluation (`evaluate_exp_runs`).
 
 Writes one result line per (dataset, task, model, seed) through `benchmarks/results.py` and
 `outputs/bench/tasks.json`; `make bench-report` tables them (BENCHMARKS.md §9.1).
@@ -58,8 +58,9 @@ NUM_NEGATIVES = 9
 DATASETS = {"ml100k": "ml-100k-posters", "hm": "hm-sample"}
 MODEL_NAME = "UniMP-tiny"   # the seeded runs of benchmarks.run_benchmark
 REC_SELECT_MODEL = "UniMP-tiny (rec scores)"
-# Rating + explanation (reference §4.4): datasets whose default config trains the exp task (ratings + review text)
-EXP_DATASETS = ("amazon-mi",)
+# Rating + explanation (reference §4.4): datasets with ratings (Amazon MI also has review text); Amazon MI's default
+# config trains rec + exp, ML-100K's trains rec alone (its exp runs: run_benchmark's mt_rec_exp variant)
+EXP_DATASETS = ("amazon-mi", "ml100k")
 EXP_BASELINES = {"user_item_bias": "Bias (mu + b_u + b_i)", "user_mean": "User mean", "item_mean": "Item mean",
                  "global_mean": "Global mean", "last_explanation_baseline": "Repeat latest explanation"}
 PROTOCOLS = {
@@ -324,10 +325,8 @@ def result_line(dataset: str, task: str, model: str, entry: dict, seed: int, num
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=[*DATASETS, *EXP_DATASETS],
-                        choices=[*DATASETS, *EXP_DATASETS],
-                        help=f"search + select on {list(DATASETS)}; rating + explanation (--exp-seeds) on "
-                             f"{list(EXP_DATASETS)}")
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS),
+                        help="search + select on these (none: skip them)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--checkpoint", default=None, help="a UniMP checkpoint trained with the search task")
     parser.add_argument("--unimp-only", action="store_true",
@@ -337,8 +336,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="score selection with the seeded rec runs <bench-dir>/<dataset>-unimp-s<seed> "
                              "(benchmarks.run_benchmark's default variant); one line per seed")
     parser.add_argument("--exp-seeds", nargs="*", type=int, default=[],
-                        help="rating + explanation of the seeded runs <bench-dir>/<dataset>-unimp-s<seed> of "
-                             f"{list(EXP_DATASETS)} (their default config trains exp); one line per seed")
+                        help="rating + explanation of the seeded runs <bench-dir>/<dataset>-<exp-variant>-s<seed> "
+                             "of --exp-datasets (runs that trained exp); one line per seed")
+    parser.add_argument("--exp-datasets", nargs="+", default=["amazon-mi"], choices=list(EXP_DATASETS))
+    parser.add_argument("--exp-variant", default="unimp",
+                        help="the benchmarks.run_benchmark variant of the exp runs (unimp = the default config, "
+                             "which trains exp on amazon-mi; mt_rec_exp on ml100k)")
     parser.add_argument("--search-variant", default=None,
                         help="with --search-seeds: the benchmarks.run_benchmark variant whose seeded runs "
                              "<bench-dir>/<dataset>-<variant>-s<seed> trained search (e.g. mt_rec_select_search)")
@@ -356,24 +359,31 @@ def main(argv: list[str] | None = None) -> dict:
         if checkpoint_dataset not in args.datasets:
             parser.error(f"{args.checkpoint} was trained on {checkpoint_dataset!r}, not one of --datasets "
                          f"{args.datasets}")
-    runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-unimp-s{seed}"
-                      for seed in (args.rec_seeds if dataset in DATASETS else args.exp_seeds)}
-            for dataset in args.datasets}
     if bool(args.search_variant) != bool(args.search_seeds):
         parser.error("--search-variant and --search-seeds go together")
-    search_runs = {dataset: {seed: Path(args.bench_dir) / f"{dataset}-{args.search_variant}-s{seed}"
-                             for seed in args.search_seeds} for dataset in args.datasets if dataset in DATASETS}
-    missing = [str(run) for by_seed in [*runs.values(), *search_runs.values()] for run in by_seed.values()
-               if not (run / "metrics.json").exists()]
+
+    def seeded_runs(datasets, variant, seeds) -> dict[str, dict[int, Path]]:
+        return {dataset: {seed: Path(args.bench_dir) / f"{dataset}-{variant}-s{seed}" for seed in seeds}
+                for dataset in datasets}
+
+    rec_runs = seeded_runs(args.datasets, "unimp", args.rec_seeds)
+    search_runs = seeded_runs(args.datasets, args.search_variant, args.search_seeds)
+    exp_runs = seeded_runs(args.exp_datasets if args.exp_seeds else [], args.exp_variant, args.exp_seeds)
+    every_run = [run for group in (rec_runs, search_runs, exp_runs) for by_seed in group.values()
+                 for run in by_seed.values()]
+    missing = [str(run) for run in every_run if not (run / "metrics.json").exists()]
     if missing:
         parser.error(f"--rec-seeds / --exp-seeds / --search-seeds: no finished run in {missing} "
                      "(python -m benchmarks.run_benchmark)")
+    no_exp = [str(run) for by_seed in exp_runs.values() for run in by_seed.values()
+              if "exp" not in json.loads((run / "metrics.json").read_text()).get("tasks", [])]
+    if no_exp:
+        parser.error(f"--exp-seeds: {no_exp} did not train the exp task (ml100k: --exp-variant mt_rec_exp)")
     summary, lines = {}, []
-    for dataset in (d for d in args.datasets if d in EXP_DATASETS):
-        if not runs[dataset]:
-            print(f"{dataset}: rating + explanation needs --exp-seeds (the seeded runs of benchmarks.run_benchmark)")
-            continue
-        unimp, baselines = evaluate_exp_runs(runs[dataset])
+    for dataset, by_seed in exp_runs.items():
+        unimp, baselines = evaluate_exp_runs(by_seed)
+        for entry in unimp.values():
+            entry["variant"] = "default" if args.exp_variant == "unimp" else args.exp_variant
         entries = [(MODEL_NAME, seed, entry) for seed, entry in unimp.items()]
         entries += [(name, args.seed, entry) for name, entry in baselines.items()]
         summary[dataset] = {"exp": {f"{model} seed {seed}": {k: v for k, v in entry.items() if k != "ranks"}
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
         for model, seed, entry in entries:
             lines.append(result_line(dataset, "exp", model, entry, seed, entry["num_users"]))
             print(dataset, "exp", model, seed, {k: round(v, 4) for k, v in entry["test"].items()})
-    for dataset in (d for d in args.datasets if d in DATASETS):
+    for dataset in args.datasets:
         dataset_dict = load_unimp_dataset(DATASETS[dataset], args.data_dir)
         catalogue = _Catalogue(dataset_dict)
         num_users = len(dataset_dict["test"])
@@ -392,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                      variant=args.search_variant)["UniMP"]
                          for seed, run in search_runs[dataset].items()}
         select = evaluate_selection(dataset_dict, catalogue, args.seed)
-        rec_select = evaluate_selection_by_rec(runs[dataset], dataset_dict, catalogue, args.seed)
+        rec_select = evaluate_selection_by_rec(rec_runs[dataset], dataset_dict, catalogue, args.seed)
         summary[dataset] = {"search": {name: {k: v for k, v in entry.items() if k != "ranks"}
                                        if isinstance(entry, dict) and "test" in entry else entry
                                        for name, entry in search.items()},
