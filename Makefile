@@ -121,9 +121,9 @@ bench-multitask: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets hm ml100k --seeds $(UNIMP_SEEDS) \
 	  --variants mt_rec_select_search mt_rec_exp mt_all --atomic-dir $(PEER_DATA) $(FORCE)
 
-# Issue 12: item tokens as content (item_representation content / id+content) next to the id default, 1 seed each.
+# Issue 12: item tokens as content (item_representation content / id+content) next to the id default, 3 seeds.
 bench-item-content: $(STAMP) $(PEER_DATA)/.exported
-	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds 0 \
+	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets ml100k hm amazon-mi --seeds $(UNIMP_SEEDS) \
 	  --variants content id_content --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
 
 # Issue 12, cold-start items (BENCHMARKS.md "Cold-start items"): protocol cold_items (leave-one-out, a seeded 10 % of
