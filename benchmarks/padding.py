@@ -10,8 +10,9 @@ Usage: python -m benchmarks.padding [CONFIG.yaml] [--batch-size 32]
 import argparse
 import random
 
+from modeling_unimp import UniMPConfig
 from recipes import train as train_recipe
-from recipes.common import load_dataset_dict, render_examples
+from recipes.common import build_processor, load_dataset_dict, render_examples
 
 MEGABATCH_BATCHES = 50   # transformers.trainer_pt_utils.get_length_grouped_indices' default mega_batch_mult
 
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     recipe, training = train_recipe.parse_args([args.config, "output_dir=outputs/padding"])
     dataset_dict = load_dataset_dict(recipe)
-    _, processor = train_recipe.build_model(recipe, dataset_dict)
+    # the processor a fresh run of the config builds (tokens only: no model is needed)
+    image_size = getattr(UniMPConfig, recipe.model_preset)().vision_config.image_size
+    processor = build_processor(dataset_dict, recipe, image_size)
     if training.max_history_items is not None:
         processor.max_history_items = training.max_history_items
     examples = render_examples(dataset_dict, processor, tasks=recipe.tasks, split="train", task_weights=None,

@@ -131,19 +131,36 @@ def evaluate_search(dataset_dict, catalogue: _Catalogue) -> dict:
     return out
 
 
-def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, batch_size: int = 32,
-                          variant: str | None = None) -> dict:
-    """UniMP's search ranks: item-token scores at the answer of each search prompt (`recipes.evaluate` scoring);
-    the entry's variant is `variant`, else `checkpoint=<checkpoint>`."""
+def load_run(checkpoint: str | Path, catalogue: _Catalogue):
+    """(model, processor, image cache) of a UniMP checkpoint whose catalogue is this dataset's item table."""
     from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
-    from recipes.common import ImageCache, render_examples
-    from recipes.evaluate import TRAINING_METRICS, score_examples
+    from recipes.common import ImageCache
 
     model = UniMPForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = UniMPProcessor.from_pretrained(checkpoint)
     if list(processor.item_ids) != catalogue.item_ids:
         raise ValueError(f"{checkpoint}: its catalogue is not this dataset's item table")
-    images = ImageCache(processor.image_processor.size["height"])
+    return model, processor, ImageCache(processor.image_processor.size["height"])
+
+
+def run_record(checkpoint: str | Path) -> dict:
+    """recipes.train's record of a run (`metrics.json`, {} where there is none) and its steps and training time."""
+    from recipes.evaluate import TRAINING_METRICS
+
+    path = Path(checkpoint) / TRAINING_METRICS
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    return {"recorded": recorded, "steps": int(recorded.get("global_step") or 0),
+            "train_seconds": recorded.get("train_seconds") or 0.0}
+
+
+def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, batch_size: int = 32,
+                          variant: str | None = None) -> dict:
+    """UniMP's search ranks: item-token scores at the answer of each search prompt (`recipes.evaluate` scoring);
+    the entry's variant is `variant`, else `checkpoint=<checkpoint>`."""
+    from recipes.common import render_examples
+    from recipes.evaluate import score_examples
+
+    model, processor, images = load_run(checkpoint, catalogue)
     result = {}
     for split in ("validation", "test"):
         examples = render_examples(dataset_dict, processor, tasks=["search"], split=split, task_weights=None,
@@ -156,12 +173,11 @@ def evaluate_search_unimp(checkpoint: str, dataset_dict, catalogue: _Catalogue, 
         result[split] = compute_ranking_metrics_from_ranks(ranks, KS)
         if split == "test":
             result.update(ranks=[int(rank) for rank in ranks], users_per_s=users_per_s)
-    recorded_path = Path(checkpoint) / TRAINING_METRICS  # recipes.train's record: the run's steps and time
-    recorded = json.loads(recorded_path.read_text()) if recorded_path.exists() else {}
+    record = run_record(checkpoint)
     return {"UniMP": {"variant": variant or f"checkpoint={checkpoint}", "test": result["test"],
                       "validation": result["validation"], "ranks": result["ranks"],
-                      "users_per_s": result["users_per_s"], "steps": int(recorded.get("global_step") or 0),
-                      "train_seconds": recorded.get("train_seconds") or 0.0}}
+                      "users_per_s": result["users_per_s"], "steps": record["steps"],
+                      "train_seconds": record["train_seconds"]}}
 
 
 def selection_records(dataset_dict, catalogue: _Catalogue, split: str, seed: int) -> list[dict]:
@@ -211,18 +227,13 @@ def selection_choices_from_scores(scores: torch.Tensor, user_rows: dict[str, int
 def evaluate_selection_by_rec(run_dirs: dict[int, Path], dataset_dict, catalogue: _Catalogue, seed: int,
                               batch_size: int = 32) -> dict[int, dict]:
     """Selection by seeded rec checkpoints: {training seed: entry}, the same candidates as the baselines (`seed`)."""
-    from modeling_unimp import UniMPForConditionalGeneration, UniMPProcessor
-    from recipes.common import ImageCache, render_examples
+    from recipes.common import render_examples
     from recipes.evaluate import score_examples
 
     records = {split: selection_records(dataset_dict, catalogue, split, seed) for split in ("validation", "test")}
     entries = {}
     for train_seed, run_dir in run_dirs.items():
-        model = UniMPForConditionalGeneration.from_pretrained(run_dir).eval()
-        processor = UniMPProcessor.from_pretrained(run_dir)
-        if list(processor.item_ids) != catalogue.item_ids:
-            raise ValueError(f"{run_dir}: its catalogue is not this dataset's item table")
-        images = ImageCache(processor.image_processor.size["height"])
+        model, processor, images = load_run(run_dir, catalogue)
         metrics, users_per_s = {}, 0.0
         for split, split_records in records.items():
             examples = render_examples(dataset_dict, processor, tasks=["rec"], split=split, task_weights=None,
@@ -234,11 +245,11 @@ def evaluate_selection_by_rec(run_dirs: dict[int, Path], dataset_dict, catalogue
             chosen = selection_choices_from_scores(scores, user_rows, catalogue, split_records)
             users_per_s = len(examples) / max(time.perf_counter() - started, 1e-9)
             metrics[split] = selection_metrics(chosen, split_records)
-        recorded = json.loads((Path(run_dir) / "metrics.json").read_text())
+        record = run_record(run_dir)
         entries[train_seed] = {"variant": "rec item-token scores at the rec prompt's answer, best candidate",
                                "test": metrics["test"], "validation": metrics["validation"], "ranks": None,
-                               "users_per_s": users_per_s, "steps": int(recorded.get("global_step") or 0),
-                               "train_seconds": recorded.get("train_seconds") or 0.0}
+                               "users_per_s": users_per_s, "steps": record["steps"],
+                               "train_seconds": record["train_seconds"]}
     return entries
 
 
@@ -273,8 +284,9 @@ def exp_metrics(metrics: dict, key: str) -> dict:
             **metrics.get("unimp_explanation", {})}
 
 
-def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[str, dict]]:
-    """Rating + explanation of seeded runs trained with exp: ({training seed: UniMP entry}, {baseline: entry}).
+def evaluate_exp_runs(run_dirs: dict[int, Path], variant: str = "default") -> tuple[dict[int, dict], dict[str, dict]]:
+    """Rating + explanation of seeded runs trained with exp: ({training seed: UniMP entry with `variant`},
+    {baseline: entry}).
 
     Test: the run's own test evaluation (`recipes.train` runs `evaluate_explanation` on every test user and stores
     it as `exp` in `metrics.json`), else `recipes.evaluate --task exp --split test`. Validation: `recipes.evaluate
@@ -286,7 +298,8 @@ def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[
 
     entries, baselines = {}, {}
     for train_seed, run_dir in run_dirs.items():
-        recorded = json.loads((Path(run_dir) / "metrics.json").read_text())
+        record = run_record(run_dir)
+        recorded = record["recorded"]
         validation_file, test_file = (Path(run_dir) / f"metrics_exp_{split}.json" for split in ("validation", "test"))
         if not validation_file.exists():
             evaluate_main([str(run_dir), "--task", "exp", "--split", "validation", "--max-new-tokens", "0"])
@@ -294,12 +307,10 @@ def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[
             evaluate_main([str(run_dir), "--task", "exp", "--split", "test"])
         metrics = {"validation": json.loads(validation_file.read_text()),
                    "test": recorded["exp"] if "exp" in recorded else json.loads(test_file.read_text())}
-        entries[train_seed] = {"variant": "default", "test": exp_metrics(metrics["test"], "unimp"),
+        entries[train_seed] = {"variant": variant, "test": exp_metrics(metrics["test"], "unimp"),
                                "validation": exp_metrics(metrics["validation"], "unimp"), "ranks": None,
-                               "users_per_s": metrics["test"]["eval_users_per_second"],
-                               "steps": int(recorded.get("global_step") or 0),
-                               "train_seconds": recorded.get("train_seconds") or 0.0,
-                               "num_users": metrics["test"]["num_users"]}
+                               "users_per_s": metrics["test"]["eval_users_per_second"], "steps": record["steps"],
+                               "train_seconds": record["train_seconds"], "num_users": metrics["test"]["num_users"]}
         for key, name in EXP_BASELINES.items():
             if key not in metrics["test"] or key not in metrics["validation"]:
                 continue
@@ -311,6 +322,11 @@ def evaluate_exp_runs(run_dirs: dict[int, Path]) -> tuple[dict[int, dict], dict[
                 raise ValueError(f"{run_dir}: baseline {name!r} differs from the first run's; same data expected")
             baselines.setdefault(name, entry)
     return entries, baselines
+
+
+def _without_ranks(entry: dict) -> dict:
+    """An entry for the summary file: everything but the per-user ranks."""
+    return {key: value for key, value in entry.items() if key != "ranks"}
 
 
 def result_line(dataset: str, task: str, model: str, entry: dict, seed: int, num_users: int) -> dict:
@@ -381,13 +397,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--exp-seeds: {no_exp} did not train the exp task (ml100k: --exp-variant mt_rec_exp)")
     summary, lines = {}, []
     for dataset, by_seed in exp_runs.items():
-        unimp, baselines = evaluate_exp_runs(by_seed)
-        for entry in unimp.values():
-            entry["variant"] = "default" if args.exp_variant == "unimp" else args.exp_variant
+        unimp, baselines = evaluate_exp_runs(by_seed, "default" if args.exp_variant == "unimp" else args.exp_variant)
         entries = [(MODEL_NAME, seed, entry) for seed, entry in unimp.items()]
         entries += [(name, args.seed, entry) for name, entry in baselines.items()]
-        summary[dataset] = {"exp": {f"{model} seed {seed}": {k: v for k, v in entry.items() if k != "ranks"}
-                                    for model, seed, entry in entries}}
+        summary.setdefault(dataset, {})["exp"] = {f"{model} seed {seed}": _without_ranks(entry)
+                                                  for model, seed, entry in entries}
         for model, seed, entry in entries:
             lines.append(result_line(dataset, "exp", model, entry, seed, entry["num_users"]))
             print(dataset, "exp", model, seed, {k: round(v, 4) for k, v in entry["test"].items()})
@@ -403,11 +417,10 @@ def main(argv: list[str] | None = None) -> dict:
                          for seed, run in search_runs[dataset].items()}
         select = evaluate_selection(dataset_dict, catalogue, args.seed)
         rec_select = evaluate_selection_by_rec(rec_runs[dataset], dataset_dict, catalogue, args.seed)
-        summary[dataset] = {"search": {name: {k: v for k, v in entry.items() if k != "ranks"}
-                                       if isinstance(entry, dict) and "test" in entry else entry
-                                       for name, entry in search.items()},
-                            "select": {name: {k: v for k, v in entry.items() if k != "ranks"}
-                                       for name, entry in select.items()}}
+        summary.setdefault(dataset, {}).update(
+            search={name: _without_ranks(entry)
+                    if isinstance(entry, dict) and "test" in entry else entry for name, entry in search.items()},
+            select={name: _without_ranks(entry) for name, entry in select.items()})
         for task, entries in (("search", search), ("select", select)):
             for model, entry in entries.items():
                 if not model.startswith("_"):
@@ -417,13 +430,11 @@ def main(argv: list[str] | None = None) -> dict:
                 print(dataset, "search", name, {k: round(entry["test"][k], 4) for k in ("hr@10", "ndcg@10")})
         for train_seed, entry in seeded_search.items():
             lines.append(result_line(dataset, "search", MODEL_NAME, entry, train_seed, num_users))
-            summary[dataset]["search"][f"{MODEL_NAME} seed {train_seed}"] = {
-                k: v for k, v in entry.items() if k != "ranks"}
+            summary[dataset]["search"][f"{MODEL_NAME} seed {train_seed}"] = _without_ranks(entry)
             print(dataset, "search", MODEL_NAME, train_seed, round(entry["test"]["ndcg@10"], 4))
         for train_seed, entry in rec_select.items():
             lines.append(result_line(dataset, "select", REC_SELECT_MODEL, entry, train_seed, num_users))
-            summary[dataset]["select"][f"{REC_SELECT_MODEL} seed {train_seed}"] = {
-                k: v for k, v in entry.items() if k != "ranks"}
+            summary[dataset]["select"][f"{REC_SELECT_MODEL} seed {train_seed}"] = _without_ranks(entry)
         for name, entry in summary[dataset]["select"].items():
             print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
     if args.unimp_only:   # search + select baselines already written; exp lines are all computed from the runs
