@@ -163,17 +163,21 @@ bench-soak: $(STAMP)
 # selection by the seeded rec runs of `make bench-unimp` with REC_SEEDS="0 1 2" (outputs/bench/<dataset>-unimp-s<seed>),
 # rating + explanation of the seeded Amazon MI runs (rec + exp) with EXP_SEEDS="0 1 2" (ML-100K: EXP_DATASETS=ml100k
 # EXP_VARIANT=mt_rec_exp, the runs of `make bench-multitask`), and UniMP search by the
-# seeded runs of a variant that trains search with SEARCH_SEEDS="0 1 2" (SEARCH_VARIANT, default mt_rec_select_search).
+# seeded runs of a variant that trains search with SEARCH_SEEDS="0 1 2" (SEARCH_VARIANT, default mt_rec_select_search),
+# and image generation with IMGGEN_SEEDS="0 1 2" (IMGGEN_DATASETS, default hm): 600-step runs trained where
+# outputs/bench/<dataset>-imggen-s<seed> has none (~10 min each), the image tokenizer and vision tower once if missing.
 # One contract line per (dataset, task, model, seed) in benchmarks/results/, the summary in outputs/bench/tasks.json;
 # `make bench-report` tables them (BENCHMARKS.md §9.1).
 SEARCH_VARIANT ?= mt_rec_select_search
 EXP_DATASETS ?= amazon-mi
 EXP_VARIANT ?= unimp
+IMGGEN_DATASETS ?= hm
 bench-tasks: $(STAMP)
 	nice -n 15 $(BIN)/python -m benchmarks.tasks $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	  $(if $(REC_SEEDS),--rec-seeds $(REC_SEEDS)) \
 	  $(if $(EXP_SEEDS),--exp-seeds $(EXP_SEEDS) --exp-datasets $(EXP_DATASETS) --exp-variant $(EXP_VARIANT)) \
-	  $(if $(SEARCH_SEEDS),--search-variant $(SEARCH_VARIANT) --search-seeds $(SEARCH_SEEDS))
+	  $(if $(SEARCH_SEEDS),--search-variant $(SEARCH_VARIANT) --search-seeds $(SEARCH_SEEDS)) \
+	  $(if $(IMGGEN_SEEDS),--imggen-seeds $(IMGGEN_SEEDS) --imggen-datasets $(IMGGEN_DATASETS))
 
 # New-domain transfer (issue 12, BENCHMARKS.md "New-domain transfer"): UniMP-tiny trained on Amazon MI with
 # item_representation=content, ranked on the Amazon 2018 small categories (Gift Cards + Magazine Subscriptions) zero-shot

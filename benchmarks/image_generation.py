@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> dict:
     pixels = load_item_pixels(items, resolution, checkpoint / "cache" / f"item_pixels_{resolution}px.pt")
     generations_path = Path(args.generations) if args.generations else checkpoint / "test_generations.jsonl"
     generations = [json.loads(line) for line in generations_path.read_text().splitlines() if line.strip()]
-    logger.info("%d test generations from %s", len(generations), generations_path)
+    logger.info("%d generations from %s", len(generations), generations_path)
     if args.decoding != "recipe":
         code_strings = json.loads((checkpoint / "image_codes.json").read_text())
         generations = regenerate(checkpoint, generations, code_strings, args)

@@ -18,7 +18,18 @@ the user's rec prompt (`selection_choices_from_scores`), one result line per tra
 Rating + explanation (reference §4.4), with `--exp-seeds`: seeded runs that trained exp (Amazon MI's default config;
 ML-100K's `mt_rec_exp` variant, `--exp-datasets ml100k --exp-variant mt_rec_exp`): the expected rating's MAE/RMSE
 (and the most likely rating token's), ROUGE/BLEU-4/unigram precision of the greedy explanation, next to the mean and
-bias rating baselines and "repeat the user's latest explanation", all from the same evaluation (`evaluate_exp_runs`).
+bias rating baselines and "repeat the user's latest explanation", all from the same evaluation (`evaluate_exp_runs`),
+and the nearest-neighbour review (another user's training review of the target item, the closest to the user's own;
+`review_baselines`, computed from the data on the same users).
+
+Image generation (reference §4.5), with `--imggen-seeds`: H&M (and/or ML-100K) runs of
+`recipes.train_image_generation` at a step budget (`IMGGEN_STEPS`, not the config's time cap), trained here unless
+`<bench-dir>/<dataset>-imggen-s<seed>` holds one, each generating its validation and test users' target images;
+`benchmarks/image_generation.py` scores both splits in the project's pretrained vision features (Fréchet distance,
+nearest-catalogue retrieval item@1/@10 and category@1, PSNR, SSIM) next to the user's most recent image, a random
+catalogue image and the image tokenizer's reconstruction of the target (the upper bound of any generator over its
+codes). The image tokenizer and the vision tower are trained once per dataset when missing (their configs, at their
+step budgets).
 
 Writes one result line per (dataset, task, model, seed) through `benchmarks/results.py` and
 `outputs/bench/tasks.json`; `make bench-report` tables them (BENCHMARKS.md §9.1).
@@ -27,6 +38,7 @@ Writes one result line per (dataset, task, model, seed) through `benchmarks/resu
 import argparse
 import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +57,7 @@ from processing.task_baselines import (
     history_reranked_scores,
     image_pixel_features,
     item_search_text,
+    nearest_review_explanations,
     query_filtered_popularity_scores,
     sample_selection_candidates,
     tfidf_similarity_matrix,
@@ -61,14 +74,27 @@ REC_SELECT_MODEL = "UniMP-tiny (rec scores)"
 # Rating + explanation (reference §4.4): datasets with ratings (Amazon MI also has review text); Amazon MI's default
 # config trains rec + exp, ML-100K's trains rec alone (its exp runs: run_benchmark's mt_rec_exp variant)
 EXP_DATASETS = ("amazon-mi", "ml100k")
+DATA_NAMES = {short: name for name, short in RECBOLE_NAMES.items()}   # "amazon-mi" -> "amazon-mi-2014-5core"
 EXP_BASELINES = {"user_item_bias": "Bias (mu + b_u + b_i)", "user_mean": "User mean", "item_mean": "Item mean",
                  "global_mean": "Global mean", "last_explanation_baseline": "Repeat latest explanation"}
 PROTOCOLS = {
     "search": "search: category query, full catalogue, pessimistic ties",
     "select": f"select: target + {NUM_NEGATIVES} negatives with images, seeded shuffle",
+    "imggen": "imggen: each user's next item's image from the history images and the title + category query, greedy "
+              "over one 8x8 code grid; scored in the pretrained vision tower's features",
     "exp": "exp: rating of each user's test interaction (UniMP: expected under the rating-token distribution) and "
            "greedy explanation (<= 40 tokens) vs the unmodified review sentence; baselines fit on train",
 }
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMGGEN_DATASETS = {"hm": ("hm-sample", "imggen_hm.yaml", "pretrain_vision_hm.yaml"),
+                   "ml100k": ("ml-100k-posters", "imggen_ml100k.yaml", "pretrain_vision_ml100k.yaml")}
+# About the ~570 steps the configs' 300-s cap reached in BENCHMARKS §5, now as a budget that does not move with load.
+IMGGEN_STEPS = 600
+IMGGEN_METHODS = {"generated": MODEL_NAME, "most_recent_baseline": "Most recent image",
+                  "random_baseline": "Random image", "tokenizer_reconstruction": "Tokenizer reconstruction (bound)"}
+IMGGEN_METRICS = ("frechet_distance", "item_hit@1", "item_hit@10", "category_hit@1", "psnr", "ssim")
 
 
 class _Catalogue:
@@ -324,6 +350,120 @@ def evaluate_exp_runs(run_dirs: dict[int, Path], variant: str = "default") -> tu
     return entries, baselines
 
 
+def review_baselines(dataset_dict) -> dict[str, dict]:
+    """Explanation baselines computed from the data alone, on the validation and test rows whose target has a rating
+    and a review (the rows `recipes.evaluate` scores explanations on): the nearest-neighbour review
+    (`task_baselines.nearest_review_explanations`) and repeat-latest, which `evaluate_exp_runs` also reads from the
+    runs (`main` checks that the two agree, so both score the same users). {} for data without review text."""
+    from processing.metrics_unimp import compute_text_metrics
+    from recipes.evaluate import EMPTY_EXPLANATION, _latest_text
+
+    by_split, shares = {}, {}
+    for split in ("validation", "test"):
+        rows = [row for row in dataset_dict[split] if row.get("target_rating") is not None
+                and row.get("target_explanation")]
+        if not rows:
+            return {}
+        references = [row["target_explanation"] for row in rows]
+        nearest, fallbacks = nearest_review_explanations(dataset_dict["train"], rows)
+        latest = [_latest_text(row.get("history_explanations")) for row in rows]
+        by_split[split] = {"nearest": compute_text_metrics([t or EMPTY_EXPLANATION for t in nearest], references),
+                           "latest": compute_text_metrics(latest, references), "num_users": len(rows)}
+        shares[split] = fallbacks / len(rows)
+    variants = {"nearest": ("Nearest review", "another user's training review of the target item, the nearest to "
+                            f"the user's own by TF-IDF (test: {shares['test']:.1%} fall back to repeat-latest)"),
+                "latest": (EXP_BASELINES["last_explanation_baseline"], "the user's newest earlier review sentence")}
+    return {name: {"variant": variant, "test": by_split["test"][key], "validation": by_split["validation"][key],
+                   "ranks": None, "users_per_s": None, "num_users": by_split["test"]["num_users"]}
+            for key, (name, variant) in variants.items()}
+
+
+def _run_module(module: str, args: list[str], log: Path) -> None:
+    """`python -m module args` from the repository root, its output into `log`; a failure names the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[tasks] {module} {' '.join(args)}  (log {log})", flush=True)
+    with open(log, "a") as handle:
+        done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, stdout=handle,
+                              stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"{module} failed (exit {done.returncode}); see {log}")
+
+
+def imggen_prerequisites(dataset: str, tokenizer_root: Path, tower_root: Path, data_dir: str | None
+                         ) -> tuple[Path, Path]:
+    """The dataset's image tokenizer and pretrained vision tower (the feature space of the metrics), each trained
+    from its config at its step budget when its folder has none."""
+    name, _, tower_config = IMGGEN_DATASETS[dataset]
+    data = [f"data_dir={data_dir}"] if data_dir else []
+    tokenizer, tower = tokenizer_root / name, tower_root / name
+    if not (tokenizer / "config.json").is_file():
+        _run_module("recipes.train_image_tokenizer", [
+            str(REPO_ROOT / "recipes" / "configs" / "image_tokenizer_tiny.yaml"), f"dataset={name}",
+            f"output_dir={tokenizer}", "max_train_seconds=null", *data], tokenizer.with_suffix(".log"))
+    if not (tower / "config.json").is_file():
+        _run_module("recipes.pretrain_vision", [
+            str(REPO_ROOT / "recipes" / "configs" / tower_config), f"output_dir={tower}", "max_train_seconds=null",
+            *data], tower.with_suffix(".log"))
+    return tokenizer, tower
+
+
+def train_imggen_run(run_dir: Path, dataset: str, seed: int, tokenizer: Path, data_dir: str | None,
+                     steps: int = IMGGEN_STEPS) -> None:
+    """One seeded image-generation run at `steps`, generating its validation and test users' images."""
+    _, config, _ = IMGGEN_DATASETS[dataset]
+    _run_module("recipes.train_image_generation", [
+        str(REPO_ROOT / "recipes" / "configs" / config), f"output_dir={run_dir}", f"seed={seed}",
+        f"max_steps={steps}", "max_train_seconds=null", "generation_splits=[validation,test]",
+        f"image_tokenizer_name_or_path={tokenizer}", *([f"data_dir={data_dir}"] if data_dir else [])],
+        run_dir.with_suffix(".log"))
+
+
+def score_imggen_run(run_dir: Path, tower: Path, seed: int) -> dict[str, dict]:
+    """split -> `benchmarks/image_generation.py`'s metrics of the run's generations (cached in
+    `<run>/benchmark/<split>/metrics.json`)."""
+    from benchmarks import image_generation
+
+    scored = {}
+    for split in ("validation", "test"):
+        out = run_dir / "benchmark" / split
+        if not (out / "metrics.json").is_file():
+            image_generation.main(image_generation.parse_args([
+                "--checkpoint", str(run_dir), "--vision-tower", str(tower), "--output-dir", str(out),
+                "--generations", str(run_dir / f"{split}_generations.jsonl"), "--seed", str(seed)]))
+        scored[split] = json.loads((out / "metrics.json").read_text())
+    return scored
+
+
+def imggen_entries(scored: dict[str, dict], record: dict) -> dict[str, dict]:
+    """model name -> a result entry, from one run's scored splits (`score_imggen_run`) and its `metrics.json`."""
+    entries = {}
+    for method, model in IMGGEN_METHODS.items():
+        by_split = {split: {key: float(scored[split]["methods"][method][key]) for key in IMGGEN_METRICS}
+                    for split in ("validation", "test")}
+        trained = method == "generated"
+        entries[model] = {"variant": "default", "test": by_split["test"], "validation": by_split["validation"],
+                          "ranks": None, "users_per_s": None, "num_users": scored["test"]["num_test_users"],
+                          "steps": record["steps"] if trained else 0,
+                          "train_seconds": record["train_seconds"] if trained else 0.0}
+    return entries
+
+
+def evaluate_imggen_runs(run_dirs: dict[int, Path], tower: Path, baseline_seed: int
+                         ) -> tuple[dict[int, dict], dict[str, dict]]:
+    """The generated images of each seeded run, and the baselines once: they do not depend on the training seed
+    (the same users, targets and histories), which is checked rather than assumed."""
+    unimp, baselines = {}, None
+    for seed, run_dir in run_dirs.items():
+        entries = imggen_entries(score_imggen_run(run_dir, tower, baseline_seed), run_record(run_dir))
+        unimp[seed] = entries.pop(MODEL_NAME)
+        if baselines is None:
+            baselines = entries
+        elif any(entries[name]["test"] != entry["test"] for name, entry in baselines.items()):
+            raise ValueError(f"{run_dir}: the baselines differ from the first run's; the runs did not generate for "
+                             "the same users")
+    return unimp, baselines or {}
+
+
 def _without_ranks(entry: dict) -> dict:
     """An entry for the summary file: everything but the per-user ranks."""
     return {key: value for key, value in entry.items() if key != "ranks"}
@@ -362,6 +502,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help="with --search-seeds: the benchmarks.run_benchmark variant whose seeded runs "
                              "<bench-dir>/<dataset>-<variant>-s<seed> trained search (e.g. mt_rec_select_search)")
     parser.add_argument("--search-seeds", nargs="*", type=int, default=[])
+    parser.add_argument("--imggen-seeds", nargs="*", type=int, default=[],
+                        help="image generation: seeded runs <bench-dir>/<dataset>-imggen-s<seed> of "
+                             "--imggen-datasets, trained here (--imggen-steps) where missing; one line per seed")
+    parser.add_argument("--imggen-datasets", nargs="+", default=["hm"], choices=list(IMGGEN_DATASETS))
+    parser.add_argument("--imggen-steps", type=int, default=IMGGEN_STEPS)
+    parser.add_argument("--image-tokenizer-dir", default="outputs/image_tokenizer",
+                        help="holds <dataset name>/, the image tokenizer (trained there when missing)")
+    parser.add_argument("--vision-tower-dir", default="outputs/pretrain_vision",
+                        help="holds <dataset name>/, the pretrained vision tower of the image metrics (trained "
+                             "there when missing)")
     parser.add_argument("--bench-dir", default="outputs/bench")
     parser.add_argument("--results-dir", default=None, help="default benchmarks/results/")
     parser.add_argument("--no-results", dest="write_results", action="store_false")
@@ -398,6 +548,13 @@ def main(argv: list[str] | None = None) -> dict:
     summary, lines = {}, []
     for dataset, by_seed in exp_runs.items():
         unimp, baselines = evaluate_exp_runs(by_seed, "default" if args.exp_variant == "unimp" else args.exp_variant)
+        from_data = review_baselines(load_unimp_dataset(DATA_NAMES[dataset], args.data_dir))
+        latest = EXP_BASELINES["last_explanation_baseline"]
+        if from_data and latest in baselines and any(
+                abs(from_data[latest]["test"][key] - value) > 1e-9 for key, value in baselines[latest]["test"].items()):
+            raise ValueError(f"{dataset}: repeat-latest recomputed from the data differs from the runs' "
+                             f"({from_data[latest]['test']} vs {baselines[latest]['test']}): not the same test users")
+        baselines |= {name: entry for name, entry in from_data.items() if name not in baselines}
         entries = [(MODEL_NAME, seed, entry) for seed, entry in unimp.items()]
         entries += [(name, args.seed, entry) for name, entry in baselines.items()]
         summary.setdefault(dataset, {})["exp"] = {f"{model} seed {seed}": _without_ranks(entry)
@@ -405,6 +562,20 @@ def main(argv: list[str] | None = None) -> dict:
         for model, seed, entry in entries:
             lines.append(result_line(dataset, "exp", model, entry, seed, entry["num_users"]))
             print(dataset, "exp", model, seed, {k: round(v, 4) for k, v in entry["test"].items()})
+    for dataset in args.imggen_datasets if args.imggen_seeds else []:
+        tokenizer, tower = imggen_prerequisites(dataset, Path(args.image_tokenizer_dir), Path(args.vision_tower_dir),
+                                                args.data_dir)
+        runs = seeded_runs([dataset], "imggen", args.imggen_seeds)[dataset]
+        for seed, run_dir in runs.items():
+            if not (run_dir / "test_generations.jsonl").is_file() or not (run_dir / "metrics.json").is_file():
+                train_imggen_run(run_dir, dataset, seed, tokenizer, args.data_dir, args.imggen_steps)
+        unimp, baselines = evaluate_imggen_runs(runs, tower, args.seed)
+        entries = [(MODEL_NAME, seed, entry) for seed, entry in unimp.items()]
+        entries += [(name, args.seed, entry) for name, entry in baselines.items()]
+        summary.setdefault(dataset, {})["imggen"] = {f"{model} seed {seed}": entry for model, seed, entry in entries}
+        for model, seed, entry in entries:
+            lines.append(result_line(dataset, "imggen", model, entry, seed, entry["num_users"]))
+            print(dataset, "imggen", model, seed, {k: round(v, 4) for k, v in entry["test"].items()})
     for dataset in args.datasets:
         dataset_dict = load_unimp_dataset(DATASETS[dataset], args.data_dir)
         catalogue = _Catalogue(dataset_dict)
@@ -439,7 +610,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(dataset, "select", name, {k: round(v, 4) for k, v in entry["test"].items()})
     if args.unimp_only:   # search + select baselines already written; exp lines are all computed from the runs
         lines = [line for line in lines
-                 if line["model"] in ("UniMP", MODEL_NAME, REC_SELECT_MODEL) or line["task"] == "exp"]
+                 if line["model"] in ("UniMP", MODEL_NAME, REC_SELECT_MODEL) or line["task"] in ("exp", "imggen")]
     if args.write_results:
         for path in contract.append_results(lines, args.results_dir):
             print("appended to", path)

@@ -5,6 +5,7 @@ Search: BM25 over item text, popularity filtered by the query, BM25 re-ranked by
 as UniMP's item-token scores. Selection: evaluation candidates (the target plus sampled negatives with images,
 shuffled), and the random, popularity and most-similar-image choices of one slot. Cold-start items (issue 12): a
 content kNN over frozen item text embeddings, which can rank an item no one interacted with in training.
+Explanation (reference §4.4): the nearest neighbour review, another user's training review of the target item.
 """
 
 import math
@@ -218,6 +219,62 @@ def compute_selection_accuracy(chosen_slots: Sequence[int], answer_slots: Sequen
     return float(np.mean([chosen == answer for chosen, answer in zip(chosen_slots, answer_slots)]))
 
 
+# ---------------------------------------------------------------------------------------------------
+# Explanation (reference §4.4)
+# ---------------------------------------------------------------------------------------------------
+
+
+def training_reviews(train_rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """item_id -> {user_id: review text} of every reviewed interaction in the training split (histories and
+    targets; a user's later review of the same item wins, as in their sequence)."""
+    reviews: dict[str, dict[str, str]] = {}
+    for row in train_rows:
+        texts = row.get("history_explanations") or [None] * len(row["history_item_ids"])
+        steps = list(zip(row["history_item_ids"], texts)) + [(row["target_item_id"], row.get("target_explanation"))]
+        for item_id, text in steps:
+            if text and text.strip():
+                reviews.setdefault(item_id, {})[row["user_id"]] = text
+    return reviews
+
+
+def nearest_review_explanations(train_rows: Iterable[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+                                ) -> tuple[list[str | None], int]:
+    """The nearest-neighbour review baseline: for each row (a held-out user), another user's training review of its
+    target item, the one closest to the user's own earlier reviews (cosine of TF-IDF word vectors, idf = ln(N / df)
+    over the training reviews; ties: the author id first in sort order). Where no other user reviewed the item in
+    training, the user's own latest review (the repeat-latest baseline) stands in.
+
+    Returns: one text per row (None where the user has no earlier review either), and how many rows fell back.
+    """
+    reviews = training_reviews(train_rows)
+    documents = [tokenize_text(text) for by_user in reviews.values() for text in by_user.values()]
+    document_frequency = Counter(term for document in documents for term in set(document))
+    num_documents = max(len(documents), 1)
+
+    def vector(text: str) -> dict[str, float]:
+        counts = Counter(tokenize_text(text))
+        weights = {term: count * math.log(num_documents / document_frequency[term])
+                   for term, count in counts.items() if document_frequency.get(term)}
+        norm = math.sqrt(sum(w * w for w in weights.values()))
+        return {term: w / norm for term, w in weights.items()} if norm > 0 else {}
+
+    chosen, fallbacks = [], 0
+    for row in rows:
+        own = [text for text in row.get("history_explanations") or [] if text and text.strip()]
+        neighbours = {user: text for user, text in reviews.get(row["target_item_id"], {}).items()
+                      if user != row["user_id"]}
+        if not neighbours:
+            fallbacks += 1
+            chosen.append(own[-1] if own else None)
+            continue
+        profile = vector(" ".join(own))
+        similarity = {user: sum(profile.get(term, 0.0) * w for term, w in vector(text).items())
+                      for user, text in neighbours.items()}
+        best = max(sorted(neighbours), key=lambda user: similarity[user])   # max keeps the first of equals
+        chosen.append(neighbours[best])
+    return chosen, fallbacks
+
+
 __all__ = [
     "BM25Index",
     "CONTENT_KNN_POOLS",
@@ -228,8 +285,10 @@ __all__ = [
     "history_reranked_scores",
     "image_pixel_features",
     "item_search_text",
+    "nearest_review_explanations",
     "query_filtered_popularity_scores",
     "sample_selection_candidates",
     "tfidf_similarity_matrix",
     "tokenize_text",
+    "training_reviews",
 ]

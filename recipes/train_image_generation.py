@@ -58,6 +58,7 @@ from .common import (
 logger = logging.getLogger("unimp.recipes.train_image_generation")
 
 QUERY_SOURCES = ("title", "category", "title_and_category")
+GENERATION_SPLITS = ("validation", "test")
 IMAGE_TOKENIZER_SUBFOLDER = "image_tokenizer"  # relative to the checkpoint; the pipeline resolves it there
 # Template words of every task, image generation's included, so the tiny tokenizer learns them as whole tokens.
 _TEMPLATE_TEXT = f"{TEMPLATE_TEXT} Title ID {IMGGEN_INSTRUCTION}"
@@ -84,6 +85,11 @@ class ImageGenerationArguments:
                           "processor's, DEFAULT_IMAGE_GENERATION_MAX_HISTORY_ITEMS = 2 as in the reference, §2.2 vi)."},
     )
     # Evaluation
+    generation_splits: list[str] = field(
+        default_factory=lambda: ["test"],
+        metadata={"help": "Splits whose targets are generated after training, each into <split>_generations.jsonl "
+                          "('validation' is capped at max_eval_users; benchmarks.tasks scores both)."},
+    )
     generation_batch_size: int = field(default=32, metadata={"help": "Test prompts per generate call."})
     eval_do_sample: bool = field(default=False, metadata={"help": "Sample the test grids (else greedy, §4.5)."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature when eval_do_sample."})
@@ -200,13 +206,14 @@ def build_model(recipe: RecipeArguments, dataset_dict, items: dict[str, dict], n
 
 def generate_test_images(pipe: UniMPImageGenerationPipeline, records: list[dict], generation: ImageGenerationArguments,
                          ) -> list[list[int]]:
-    """The generated S codes of each record's target, through the pipeline (constrained decoding)."""
+    """The generated S codes of each record's target (test or validation), through the pipeline (constrained
+    decoding)."""
     decoding = {"do_sample": generation.eval_do_sample}
     if generation.eval_do_sample:
         decoding.update(temperature=generation.eval_temperature, top_k=generation.eval_top_k)
     codes = []
     batch = generation.generation_batch_size
-    for start in tqdm(range(0, len(records), batch), desc="generate test images", mininterval=10):
+    for start in tqdm(range(0, len(records), batch), desc="generate images", mininterval=10):
         inputs = [{"history": record["history"], "query": record["query"]} for record in records[start : start + batch]]
         # the history window: the pipeline's default, the processor's image_generation_max_history_items
         outputs = pipe(inputs, batch_size=batch, return_codes=True, **decoding)
@@ -246,6 +253,9 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
     torch.set_num_threads(generation.num_threads)
     if "imggen" not in recipe.tasks:
         raise ValueError(f"tasks={recipe.tasks} must include 'imggen'; add e.g. 'rec' to mix it with recommendation")
+    unknown = [split for split in generation.generation_splits if split not in GENERATION_SPLITS]
+    if unknown:
+        raise ValueError(f"generation_splits: {unknown} not among {GENERATION_SPLITS} (held-out splits only)")
     set_seed(training.seed)
     started = time.time()
     output_dir = Path(training.output_dir)
@@ -305,34 +315,45 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
     processor.save_pretrained(output_dir)
     image_tokenizer.save_pretrained(output_dir / IMAGE_TOKENIZER_SUBFOLDER)
 
-    test_records = build_records(dataset_dict, image_items, code_strings, "test", generation, window, None,
-                                 training.seed, max_users=recipe.max_test_users)
     pipe = UniMPImageGenerationPipeline(model=model, processor=processor, image_tokenizer=image_tokenizer,
                                         device=model.device)
-    generated = generate_test_images(pipe, test_records, generation)
-    with open(output_dir / "test_generations.jsonl", "w") as handle:
-        for record, codes in zip(test_records, generated):
-            handle.write(json.dumps({
-                "user_id": record["user_id"], "history_item_ids": [item["item_id"] for item in record["history"]],
-                "target_item_id": record["target"]["item_id"], "query": record["query"], "generated_codes": codes,
-            }) + "\n")
-    target_ids = [record["target"]["item_id"] for record in test_records]
-    scores = score_generations(
-        image_tokenizer, torch.tensor(generated), torch.tensor([item_codes[t] for t in target_ids]),
-        torch.stack([pixels[t] for t in target_ids]),
-    )
+    scores = {}
+    for split in generation.generation_splits:
+        records = build_records(dataset_dict, image_items, code_strings, split, generation, window, None,
+                                training.seed, max_users=recipe.max_test_users if split == "test"
+                                else recipe.max_eval_users)
+        generated = generate_test_images(pipe, records, generation)
+        write_generations(records, generated, output_dir / f"{split}_generations.jsonl")
+        target_ids = [record["target"]["item_id"] for record in records]
+        scores[split] = score_generations(
+            image_tokenizer, torch.tensor(generated), torch.tensor([item_codes[t] for t in target_ids]),
+            torch.stack([pixels[t] for t in target_ids]),
+        ) | {"num_users": len(records)}
+    test_scores = dict(scores.pop("test", {}))
+    num_test_users = test_scores.pop("num_users", 0)
     metrics = {
         "dataset": recipe.dataset, "protocol": recipe.protocol, "tasks": recipe.tasks, "split": "test",
-        "query_source": generation.query_source, "num_test_users": len(test_records),
+        "query_source": generation.query_source, "num_test_users": num_test_users,
         "num_train_examples": len(train_examples), "global_step": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
         "train_loss": _last(trainer.state.log_history, "loss"), "decoding": "sample" if generation.eval_do_sample
-        else "greedy", **scores,
+        else "greedy", **test_scores, **scores,   # the test scores at the top level, other splits by name
     }
     write_json(metrics, output_dir / "metrics.json")
     write_json({"recipe": asdict(recipe), "image_generation": asdict(generation)}, output_dir / "recipe_args.json")
     write_training_curve(trainer.state.log_history, output_dir / "training_curve.png", metric="loss")
     return metrics
+
+
+def write_generations(records: list[dict], generated: list[list[int]], path: Path) -> None:
+    """One JSON line per record: user, history and target item ids, query and the generated codes (what
+    `benchmarks/image_generation.py` scores)."""
+    with open(path, "w") as handle:
+        for record, codes in zip(records, generated):
+            handle.write(json.dumps({
+                "user_id": record["user_id"], "history_item_ids": [item["item_id"] for item in record["history"]],
+                "target_item_id": record["target"]["item_id"], "query": record["query"], "generated_codes": codes,
+            }) + "\n")
 
 
 def _last(log_history: list[dict], key: str):

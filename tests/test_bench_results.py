@@ -292,6 +292,36 @@ def test_task_tables_average_seeds_per_model_and_stay_out_of_section_1(tmp_path)
     assert report.main([*args, "--check"]) == 0
 
 
+def test_readme_task_summary_compares_with_the_baseline_best_on_validation(tmp_path):
+    """One bullet per task, dataset and UniMP row; the baseline is chosen on validation (an upper bound never is),
+    lower-is-better metrics read the other way, and the seeds are read one by one."""
+    def task_line(task, model, seed, metric, test, valid):
+        return make_line([1], dataset="hm", task=task, model=model, seed=seed, ranks=None, metrics={metric: test},
+                         valid_metrics={metric: valid}, budget={"steps": 0})
+    lines = [task_line("select", "UniMP-tiny", 0, "accuracy", 0.2, 0.3),
+             task_line("select", "UniMP-tiny", 1, "accuracy", 0.4, 0.3),
+             task_line("select", "Pop", 0, "accuracy", 0.3, 0.1),       # best on validation
+             task_line("select", "Random", 0, "accuracy", 0.35, 0.05),  # better on test: not the one shown
+             task_line("imggen", "UniMP-tiny", 0, "frechet_distance", 10.0, 11.0),
+             task_line("imggen", "UniMP-tiny", 1, "frechet_distance", 12.0, 13.0),
+             task_line("imggen", "Most recent image", 0, "frechet_distance", 1.9, 2.0),
+             task_line("imggen", "Random image", 0, "frechet_distance", 4.0, 5.0),
+             task_line("imggen", "Tokenizer reconstruction (bound)", 0, "frechet_distance", 0.4, 0.5)]
+    results.append_results(lines, tmp_path / "results")
+    text = report.render_task_summary(results.read_results(tmp_path / "results"))
+    select = next(row for row in text.splitlines() if row.startswith("- **Item selection, H&M**"))
+    assert "accuracy 0.3000 ± 0.1414 vs Pop 0.3000: ahead on 1 of 2 seeds" in select   # 0.4 > 0.3, 0.2 < 0.3
+    imggen = next(row for row in text.splitlines() if row.startswith("- **User-guided image generation, H&M**"))
+    assert "frechet_distance 11.0000 ± 1.4142 vs Most recent image 1.9000: behind on every seed" in imggen
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.SUMMARY_BEGIN}\n{report.SUMMARY_END}\n{report.TASK_SUMMARY_BEGIN}\n"
+                      f"{report.TASK_SUMMARY_END}\n")
+    markdown = tmp_path / "BENCH.md"
+    markdown.write_text(f"{report.BEGIN_MARKER}\n{report.END_MARKER}\n")
+    args = ["--results-dir", str(tmp_path / "results"), "--markdown", str(markdown), "--readme", str(readme)]
+    assert report.main(args) == 0 and select in readme.read_text() and report.main([*args, "--check"]) == 0
+
+
 def test_report_refuses_a_file_without_markers(tmp_path):
     markdown = tmp_path / "BENCH.md"
     markdown.write_text("no markers\n")

@@ -225,6 +225,15 @@ def test_pipeline_rejects_a_model_without_code_tokens(tiny_processor):
 # Recipe (real data, a few steps)
 # ----------------------------------------------------------------------------------------------
 
+def test_recipe_refuses_a_generation_split_it_cannot_hold_out(tmp_path):
+    from recipes.train_image_generation import main, parse_args
+
+    config = REPO_ROOT / "recipes" / "configs" / "imggen_ml100k.yaml"
+    args = parse_args([str(config), f"output_dir={tmp_path}", "generation_splits=[validation,train]"])
+    with pytest.raises(ValueError, match=r"generation_splits: \['train'\]"):
+        main(*args)
+
+
 @pytest.mark.slow
 def test_recipe_trains_saves_and_its_folder_serves_the_pipeline(data_dir, tmp_path):
     from recipes.train_image_generation import main, parse_args
@@ -235,9 +244,12 @@ def test_recipe_trains_saves_and_its_folder_serves_the_pipeline(data_dir, tmp_pa
     config = REPO_ROOT / "recipes" / "configs" / "imggen_ml100k.yaml"
     args = parse_args([str(config), f"data_dir={data_dir}", f"output_dir={tmp_path}", "max_steps=2",
                        "max_train_users=20", "max_test_users=4", f"image_tokenizer_name_or_path={tokenizer_path}",
-                       "tasks=[imggen,rec]", "per_device_train_batch_size=2", "tokenizer_vocab_size=500"])
+                       "tasks=[imggen,rec]", "per_device_train_batch_size=2", "tokenizer_vocab_size=500",
+                       "generation_splits=[validation,test]", "max_eval_users=3"])
     metrics = main(*args)
     assert metrics["global_step"] == 2 and metrics["num_test_users"] == 4
+    assert metrics["validation"]["num_users"] == 3 and 0.0 <= metrics["validation"]["code_accuracy"] <= 1.0
+    assert len((tmp_path / "validation_generations.jsonl").read_text().splitlines()) == 3
     assert 0.0 <= metrics["code_accuracy"] <= 1.0
     generations = (tmp_path / "test_generations.jsonl").read_text().splitlines()
     assert len(generations) == 4 and not list(tmp_path.glob("checkpoint-*"))

@@ -250,3 +250,62 @@ def test_exp_lines_flatten_unimp_ratings_and_keep_each_baseline_once(tmp_path):
     _write_exp_run(tmp_path / "s2", bias_rmse=0.50, expected_rmse=0.98)   # other data: baselines disagree
     with pytest.raises(ValueError, match="Bias"):
         evaluate_exp_runs({0: tmp_path / "s0", 2: tmp_path / "s2"})
+
+
+def _write_imggen_run(folder, *, generated_fd: float, baseline_fd: float = 1.9):
+    """A scored image-generation run: the recipe's metrics.json and benchmark/<split>/metrics.json as
+    benchmarks/image_generation.py writes them."""
+    from benchmarks.tasks import IMGGEN_METHODS, IMGGEN_METRICS
+
+    (folder / "metrics.json").parent.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"global_step": 600, "train_seconds": 310.5}))
+    for split, shift in (("validation", 0.5), ("test", 0.0)):
+        methods = {method: {key: 0.1 for key in IMGGEN_METRICS} | {"psnr": 11.0, "code_accuracy": 0.02}
+                   for method in IMGGEN_METHODS}
+        methods["generated"]["frechet_distance"] = generated_fd + shift
+        methods["most_recent_baseline"]["frechet_distance"] = baseline_fd + shift
+        out = folder / "benchmark" / split
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"methods": methods, "num_test_users": 4}))
+
+
+def test_imggen_lines_one_per_seed_and_the_baselines_once(tmp_path):
+    from benchmarks import results as contract
+    from benchmarks.tasks import MODEL_NAME, evaluate_imggen_runs, result_line
+
+    _write_imggen_run(tmp_path / "s0", generated_fd=25.0)
+    _write_imggen_run(tmp_path / "s1", generated_fd=20.0)
+    unimp, baselines = evaluate_imggen_runs({0: tmp_path / "s0", 1: tmp_path / "s1"}, tower=tmp_path, baseline_seed=0)
+    assert [unimp[seed]["test"]["frechet_distance"] for seed in (0, 1)] == [25.0, 20.0]
+    assert unimp[1]["validation"]["frechet_distance"] == 20.5 and unimp[1]["steps"] == 600
+    assert "code_accuracy" not in unimp[0]["test"]   # only the metrics every method has
+    assert MODEL_NAME not in baselines and baselines["Most recent image"]["test"]["frechet_distance"] == 1.9
+    assert baselines["Most recent image"]["steps"] == 0 and baselines["Most recent image"]["train_seconds"] == 0.0
+    line = contract.validate_line(result_line("hm", "imggen", MODEL_NAME, unimp[0], 0, unimp[0]["num_users"]))
+    assert line["n_users"] == 4 and line["eval_users_per_s"] is None and line["protocol"].startswith("imggen:")
+
+    _write_imggen_run(tmp_path / "s2", generated_fd=20.0, baseline_fd=3.0)   # other users: baselines disagree
+    with pytest.raises(ValueError, match="s2: the baselines differ"):
+        evaluate_imggen_runs({0: tmp_path / "s0", 2: tmp_path / "s2"}, tower=tmp_path, baseline_seed=0)
+
+
+def test_nearest_review_picks_the_closest_other_users_review_and_says_when_it_falls_back():
+    from processing.task_baselines import nearest_review_explanations, training_reviews
+
+    train = [{"user_id": "u1", "history_item_ids": ["i1"], "history_explanations": ["great strings bright"],
+              "target_item_id": "i2", "target_explanation": "cheap cable"},
+             {"user_id": "u2", "history_item_ids": ["i2"], "history_explanations": ["solid cable works"],
+              "target_item_id": "i3", "target_explanation": "nice pedal"},
+             {"user_id": "u3", "history_item_ids": ["i2"], "history_explanations": ["strings cable noisy"],
+              "target_item_id": "i1", "target_explanation": None}]
+    assert training_reviews(train)["i2"] == {"u1": "cheap cable", "u2": "solid cable works",
+                                             "u3": "strings cable noisy"}
+    rows = [{"user_id": "u4", "history_explanations": ["bright strings sound"], "target_item_id": "i2"},
+            {"user_id": "u4", "history_explanations": ["old", "latest words"], "target_item_id": "i9"},
+            {"user_id": "u2", "history_explanations": [], "target_item_id": "i3"},
+            {"user_id": "u5", "history_explanations": ["zzz"], "target_item_id": "i2"}]
+    chosen, fallbacks = nearest_review_explanations(train, rows)
+    # u4 shares "strings" with u3's review only; i9 has no review (own latest); u2 is i3's only reviewer (itself
+    # excluded) with nothing earlier (None); u5 shares no word with anyone: the first author in sort order, u1
+    assert chosen == ["strings cable noisy", "latest words", None, "cheap cable"]
+    assert fallbacks == 2
