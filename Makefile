@@ -119,7 +119,7 @@ bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 # 300), 3 seeds, rows `UniMP-tiny [mt_*]` of BENCHMARKS §1.1. ML-100K takes ~1 h per run on one core.
 bench-multitask: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets hm ml100k --seeds $(UNIMP_SEEDS) \
-	  --variants mt_rec_select_search mt_rec_exp mt_all --atomic-dir $(PEER_DATA) $(FORCE)
+	  --variants mt_rec_select_search mt_rec_search mt_rec_exp mt_all --atomic-dir $(PEER_DATA) $(FORCE)
 
 # Issue 12: item tokens as content (item_representation content / id+content) next to the id default, 3 seeds.
 bench-item-content: $(STAMP) $(PEER_DATA)/.exported

@@ -73,12 +73,15 @@ VARIANTS = {
     "mt_rec_exp": ["tasks=[rec,exp]"],
     "mt_all": ["tasks=[rec,exp,select,search]"],
     "mt_rec_select_search": ["tasks=[rec,select,search]"],
+    # rec + search alone: ML-100K's select prompts show the whole 50-item history with its posters (~720 tokens and 48
+    # images against rec's ~280 and 10), which makes a step with select ~2x a rec step (BENCHMARKS §9)
+    "mt_rec_search": ["tasks=[rec,search]"],
 }
 # Variants whose step budget is the dataset's budget x (training examples of all their tasks / rec examples), rounded
 # up to a multiple of EVAL_EVERY (`equal_rec_steps`): the trainer shuffles one pool of examples, so such a run shows
 # the rec-only run's number of rec examples in expectation (the one multi_task run of §1.4 had the same steps, so
 # fewer rec examples, and a confounded answer).
-EQUAL_REC_EXAMPLES = {"mt_rec_exp", "mt_all", "mt_rec_select_search"}
+EQUAL_REC_EXAMPLES = {"mt_rec_exp", "mt_all", "mt_rec_select_search", "mt_rec_search"}
 # Configs of the recipes that must have run before a variant: `make bench-ablations` runs them when their output is
 # missing (`ensure_prerequisites`).
 PREREQUISITES = {"pretrained_vision": ("recipes.pretrain_vision", "recipes/configs/pretrain_vision_{short}.yaml",
@@ -89,6 +92,7 @@ PREREQUISITES = {"pretrained_vision": ("recipes.pretrain_vision", "recipes/confi
 APPLIES_TO = {"single_task": {"amazon-mi"}, "multi_task": {"ml100k"}, "short_history": {"ml100k"},
               # exp needs ratings (not H&M); select and search need images and categories (not Amazon MI)
               "mt_rec_exp": {"ml100k"}, "mt_all": {"ml100k"}, "mt_rec_select_search": {"ml100k", "hm"},
+              "mt_rec_search": {"ml100k", "hm"},
               "long_history": {"hm", "amazon-mi"}, "pretrained_vision": {"ml100k", "hm"}}  # Amazon MI: no images
 MASKING_NOTES = {
     "none": "nothing masked: every catalogue item is ranked (RecBole's sequential-model convention)",
