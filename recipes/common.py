@@ -221,10 +221,17 @@ def load_pixel_array(path: str | Path, size: int, *, draft: bool = False) -> np.
     return np.asarray(image, dtype=np.uint8)
 
 
+SELECT_MAX_HISTORY_ITEMS = 4  # history chunks of a select prompt (reference §2.2 iv, test form)
+
+
 def task_record_kwargs(task: str, split: str, *, max_history_items: int, seed: int,
                        num_windows_per_user: int | None = None) -> dict:
     """The `build_task_records` arguments `render_examples` uses for `task` on `split` (training windows: every task
-    but select, which draws one window per user)."""
+    but select, which draws one window per user). Select shows at most SELECT_MAX_HISTORY_ITEMS history items, every
+    one with its image (reference §2.2 iv: 2 in training, 4 at test; 4 in both here, no train/test mismatch); the
+    processor's `max_history_items` (ML-100K: 50) would make a select prompt ~720 tokens with 48 images."""
+    if task == "select":
+        max_history_items = min(max_history_items, SELECT_MAX_HISTORY_ITEMS)
     kwargs = {"max_history_items": max_history_items, "seed": seed}
     if split == "train" and task != "select":
         kwargs["num_windows_per_user"] = num_windows_per_user

@@ -170,3 +170,18 @@ def test_padding_share_counts_the_tokens_added_to_each_batch():
     assert grouped == [1, 2, 0, 3] and padding_share(lengths, grouped, 2) == (0.0, 8)
     with pytest.raises(ValueError, match="fewer than one batch"):
         padding_share(lengths, [0], 2)
+
+
+def test_select_prompts_keep_the_reference_history_of_four_items_whatever_the_rec_window():
+    """reference §2.2 iv: a select prompt shows a few history items, each with its image; the rec window (ML-100K: 50
+    items) made it ~720 tokens with 48 images, twice a rec step's cost."""
+    from recipes.common import SELECT_MAX_HISTORY_ITEMS, task_record_kwargs
+
+    assert SELECT_MAX_HISTORY_ITEMS == 4
+    select = task_record_kwargs("select", "train", max_history_items=50, seed=3, num_windows_per_user=16)
+    assert select == {"max_history_items": 4, "seed": 3}   # one window per user, as before
+    assert task_record_kwargs("select", "test", max_history_items=2, seed=0)["max_history_items"] == 2
+    for task in ("rec", "search", "exp"):
+        assert task_record_kwargs(task, "train", max_history_items=50, seed=0,
+                                  num_windows_per_user=16) == {"max_history_items": 50, "seed": 0,
+                                                               "num_windows_per_user": 16}
