@@ -163,12 +163,13 @@ bench-soak: $(STAMP)
 # selection by the seeded rec runs of `make bench-unimp` with REC_SEEDS="0 1 2" (outputs/bench/<dataset>-unimp-s<seed>),
 # rating + explanation of the seeded Amazon MI runs (rec + exp) with EXP_SEEDS="0 1 2" (ML-100K: EXP_DATASETS=ml100k
 # EXP_VARIANT=mt_rec_exp, the runs of `make bench-multitask`), and UniMP search by the
-# seeded runs of a variant that trains search with SEARCH_SEEDS="0 1 2" (SEARCH_VARIANT, default mt_rec_select_search),
+# seeded runs of a variant that trains search with SEARCH_SEEDS="0 1 2" (SEARCH_VARIANT: one variant or DATASET=VARIANT
+# pairs, default ML-100K mt_rec_search, H&M mt_rec_select_search, the runs of `make bench-multitask`),
 # and image generation with IMGGEN_SEEDS="0 1 2" (IMGGEN_DATASETS, default hm): 600-step runs trained where
 # outputs/bench/<dataset>-imggen-s<seed> has none (~10 min each), the image tokenizer and vision tower once if missing.
 # One contract line per (dataset, task, model, seed) in benchmarks/results/, the summary in outputs/bench/tasks.json;
 # `make bench-report` tables them (BENCHMARKS.md §9.1).
-SEARCH_VARIANT ?= mt_rec_select_search
+SEARCH_VARIANT ?= ml100k=mt_rec_search hm=mt_rec_select_search
 EXP_DATASETS ?= amazon-mi
 EXP_VARIANT ?= unimp
 IMGGEN_DATASETS ?= hm

@@ -479,6 +479,22 @@ def result_line(dataset: str, task: str, model: str, entry: dict, seed: int, num
             "ranks": entry["ranks"], "n_users": num_users, "protocol": PROTOCOLS[task]}
 
 
+def per_dataset_variants(values: list[str], datasets: list[str]) -> dict[str, str]:
+    """`--search-variant` values -> {dataset: variant}: one plain VARIANT for every dataset, or DATASET=VARIANT pairs
+    (a dataset of `datasets` without a pair is left out; a pair naming another dataset is an error)."""
+    if not values:
+        return {}
+    if len(values) == 1 and "=" not in values[0]:
+        return dict.fromkeys(datasets, values[0])
+    pairs = {}
+    for value in values:
+        dataset, sep, variant = value.partition("=")
+        if not sep or not variant or dataset not in DATASETS:
+            raise ValueError(f"{value!r} is not DATASET=VARIANT with DATASET one of {list(DATASETS)}")
+        pairs[dataset] = variant
+    return {dataset: variant for dataset, variant in pairs.items() if dataset in datasets}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS),
@@ -498,9 +514,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exp-variant", default="unimp",
                         help="the benchmarks.run_benchmark variant of the exp runs (unimp = the default config, "
                              "which trains exp on amazon-mi; mt_rec_exp on ml100k)")
-    parser.add_argument("--search-variant", default=None,
+    parser.add_argument("--search-variant", nargs="+", default=None,
                         help="with --search-seeds: the benchmarks.run_benchmark variant whose seeded runs "
-                             "<bench-dir>/<dataset>-<variant>-s<seed> trained search (e.g. mt_rec_select_search)")
+                             "<bench-dir>/<dataset>-<variant>-s<seed> trained search (e.g. mt_rec_search), or one "
+                             "DATASET=VARIANT per dataset (ml100k=mt_rec_search hm=mt_rec_select_search)")
     parser.add_argument("--search-seeds", nargs="*", type=int, default=[])
     parser.add_argument("--imggen-seeds", nargs="*", type=int, default=[],
                         help="image generation: seeded runs <bench-dir>/<dataset>-imggen-s<seed> of "
@@ -527,13 +544,18 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{args.datasets}")
     if bool(args.search_variant) != bool(args.search_seeds):
         parser.error("--search-variant and --search-seeds go together")
+    try:
+        search_variants = per_dataset_variants(args.search_variant or [], args.datasets)
+    except ValueError as error:
+        parser.error(f"--search-variant: {error}")
 
     def seeded_runs(datasets, variant, seeds) -> dict[str, dict[int, Path]]:
         return {dataset: {seed: Path(args.bench_dir) / f"{dataset}-{variant}-s{seed}" for seed in seeds}
                 for dataset in datasets}
 
     rec_runs = seeded_runs(args.datasets, "unimp", args.rec_seeds)
-    search_runs = seeded_runs(args.datasets, args.search_variant, args.search_seeds)
+    search_runs = {dataset: seeded_runs([dataset], variant, args.search_seeds)[dataset]
+                   for dataset, variant in search_variants.items()}
     exp_runs = seeded_runs(args.exp_datasets if args.exp_seeds else [], args.exp_variant, args.exp_seeds)
     every_run = [run for group in (rec_runs, search_runs, exp_runs) for by_seed in group.values()
                  for run in by_seed.values()]
@@ -584,8 +606,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.checkpoint and checkpoint_dataset == dataset:
             search |= evaluate_search_unimp(args.checkpoint, dataset_dict, catalogue)
         seeded_search = {seed: evaluate_search_unimp(str(run), dataset_dict, catalogue,
-                                                     variant=args.search_variant)["UniMP"]
-                         for seed, run in search_runs[dataset].items()}
+                                                     variant=search_variants[dataset])["UniMP"]
+                         for seed, run in search_runs.get(dataset, {}).items()}
         select = evaluate_selection(dataset_dict, catalogue, args.seed)
         rec_select = evaluate_selection_by_rec(rec_runs[dataset], dataset_dict, catalogue, args.seed)
         summary.setdefault(dataset, {}).update(

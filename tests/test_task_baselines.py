@@ -309,3 +309,16 @@ def test_nearest_review_picks_the_closest_other_users_review_and_says_when_it_fa
     # excluded) with nothing earlier (None); u5 shares no word with anyone: the first author in sort order, u1
     assert chosen == ["strings cable noisy", "latest words", None, "cheap cable"]
     assert fallbacks == 2
+
+
+def test_search_variant_is_one_for_all_or_one_per_dataset():
+    from benchmarks.tasks import per_dataset_variants
+
+    assert per_dataset_variants(["mt_rec_search"], ["ml100k", "hm"]) == {"ml100k": "mt_rec_search",
+                                                                           "hm": "mt_rec_search"}
+    pairs = ["ml100k=mt_rec_search", "hm=mt_rec_select_search"]
+    assert per_dataset_variants(pairs, ["ml100k", "hm"]) == {"ml100k": "mt_rec_search", "hm": "mt_rec_select_search"}
+    assert per_dataset_variants(pairs, ["hm"]) == {"hm": "mt_rec_select_search"}   # ml100k not searched this time
+    assert per_dataset_variants([], ["hm"]) == {}
+    with pytest.raises(ValueError, match="'movies=mt_all' is not DATASET=VARIANT"):
+        per_dataset_variants(["movies=mt_all"], ["hm"])
