@@ -115,8 +115,8 @@ bench-ablations: $(STAMP) $(PEER_DATA)/.exported
 	  --atomic-dir $(PEER_DATA) --rating-peers $(RATING_PEER_OUT) $(FORCE)
 
 # Issue 18 item 5: does multi-task help rec? rec + other tasks at the same number of rec examples seen as the rec-only
-# default (run_benchmark.EQUAL_REC_EXAMPLES: ML-100K rec+exp 1,200 steps, all four tasks 1,950; H&M rec+select+search
-# 300), 3 seeds, rows `UniMP-tiny [mt_*]` of BENCHMARKS §1.1. ML-100K takes ~1 h per run on one core.
+# default (run_benchmark.EQUAL_REC_EXAMPLES: ML-100K rec+exp and rec+search 1,200 steps, all four tasks 1,950; H&M
+# rec+select+search 300), 3 seeds, rows `UniMP-tiny [mt_*]` of BENCHMARKS §1.1. ML-100K: ~25-45 min per run on one core.
 bench-multitask: $(STAMP) $(PEER_DATA)/.exported
 	nice -n 10 $(BIN)/python -m benchmarks.run_benchmark --datasets hm ml100k --seeds $(UNIMP_SEEDS) \
 	  --variants mt_rec_select_search mt_rec_search mt_rec_exp mt_all --atomic-dir $(PEER_DATA) $(FORCE)
