@@ -73,8 +73,8 @@ VARIANTS = {
     "mt_rec_exp": ["tasks=[rec,exp]"],
     "mt_all": ["tasks=[rec,exp,select,search]"],
     "mt_rec_select_search": ["tasks=[rec,select,search]"],
-    # rec + search alone: ML-100K's select prompts show the whole 50-item history with its posters (~720 tokens and 48
-    # images against rec's ~280 and 10), which makes a step with select ~2x a rec step (BENCHMARKS §9)
+    # rec + search alone: ML-100K search over seeds without select prompts (which, before the 4-item select history of
+    # recipes.common.SELECT_MAX_HISTORY_ITEMS, made a step with select ~2x a rec step; BENCHMARKS §9)
     "mt_rec_search": ["tasks=[rec,search]"],
 }
 # Variants whose step budget is the dataset's budget x (training examples of all their tasks / rec examples), rounded
