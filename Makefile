@@ -128,8 +128,9 @@ bench-item-content: $(STAMP) $(PEER_DATA)/.exported
 
 # Issue 12, cold-start items (BENCHMARKS.md "Cold-start items"): protocol cold_items (leave-one-out, a seeded 10 % of
 # the items held out of training), scored on the test users whose target is cold. Pop and ContentKNN-MiniLM (minutes),
-# then UniMP-tiny item_representation content and id+content at the step budget of step_budgets.json (one seed, ~20
-# min per run; a dataset without a budget is reported and skipped). Lines in benchmarks/results/<dataset>.jsonl with
+# then UniMP-tiny item_representation content and id+content, each with the cold items in the training softmax and
+# without (variants *_seen: train_negatives=seen), at the step budget of step_budgets.json (one seed, ~10-40 min per
+# run; a dataset without a budget is reported and skipped). Lines in benchmarks/results/<dataset>.jsonl with
 # protocol cold_items (kept out of §1.1). Resumable: rows already there are skipped (FORCE=--force reruns them);
 # COLD_ARGS=--baselines-only runs the baselines alone.
 COLD_SEEDS ?= 0

@@ -21,9 +21,13 @@ Models (one contract line per model and masking in `benchmarks/results/<dataset>
   `recipes.train` with `protocol=cold_items` at the dataset's step budget (`results/step_budgets.json`, schedule of
   `run_benchmark.schedule_overrides`; checkpoint chosen on validation NDCG@10 of all users, as in §1.1), then
   `recipes.evaluate` ranks every validation and test user and the cold-target users' ranks are kept. Under
-  id+content the cold items' id-residual rows, which training only ever pushed down as softmax negatives, are reset
-  to zero first (`cold_residual_zero/`), the state `add_catalogue_items` gives an item added after training
-  (`--keep-cold-residual` evaluates the trained rows instead).
+  id+content the cold items' id-residual rows are reset to zero first (`cold_residual_zero/`), the state
+  `add_catalogue_items` gives an item added after training (`--keep-cold-residual` evaluates the trained rows
+  instead). The cold items are in the catalogue while training, so by default they are softmax negatives of every
+  training target (through their content, and their residual rows); the `_seen` variants (`content_seen`,
+  `id_content_seen`) train with `train_negatives=seen`, which leaves every item without a training interaction out
+  of the training softmax, as if it had been added after training. Which of the two is reported is chosen on the
+  cold-target validation users.
 
 Usage: python -m benchmarks.cold_items --baselines-only              # Pop + ContentKNN (minutes on 2 cores)
        python -m benchmarks.cold_items --unimp-only --seeds 0        # UniMP-tiny, ~20 min per run and dataset
@@ -53,7 +57,20 @@ DATASETS = ("ml100k", "hm", "amazon-mi")
 POP_MODEL = "Pop"
 KNN_MODEL = "ContentKNN-MiniLM"
 KNN_KS = (1, 3, 5, 10, 20)
-UNIMP_VARIANTS = ("content", "id_content")  # run_benchmark.VARIANTS: item_representation content / id+content
+# run_benchmark.VARIANTS content / id_content (item_representation content / id+content); "_seen": trained with
+# `train_negatives=seen`, i.e. the cold items are left out of the training softmax, as items added after training
+UNIMP_VARIANTS = ("content", "id_content", "content_seen", "id_content_seen")
+SEEN = "_seen"
+
+
+def variant_overrides(variant: str, dataset: str) -> list[str]:
+    """The recipes.train overrides of a cold-items UniMP variant (after `protocol=cold_items`)."""
+    seen = variant.endswith(SEEN)
+    return [*bench.variant_overrides(variant.removesuffix(SEEN), dataset), *(["train_negatives=seen"] if seen else [])]
+
+
+def has_id_residual(variant: str) -> bool:
+    return variant.removesuffix(SEEN) == "id_content"
 RESIDUAL_DIR = "cold_residual_zero"
 RANK_TIES = "pessimistic: r = #{items j not masked : s_j >= s_target}"
 MASKING_NOTES = {
@@ -269,14 +286,14 @@ def unimp_lines(split: ColdSplit, variant: str, seed: int, steps: int, run_dir: 
               "schedule": f"warmup_stable_decay, linear decay over the last {bench.DECAY_FRACTION:.0%}",
               "selected_on": "validation NDCG@10 of all validation users (max_eval_users of the config)"}
     residual = ("zeroed for the cold items after training (as add_catalogue_items)" if eval_dir != run_dir
-                else "as trained") if variant == "id_content" else None
+                else "as trained") if has_id_residual(variant) else None
     window = {key: test[key] for key in ("max_history_items", "context_order", "content_history_items")}
     return [_line(split, model=bench.MODEL_NAME, variant=f"{PROTOCOL}+{variant}", seed=seed, masking=masking,
                   test_ranks=test_ranks[masking], valid_ranks=valid_ranks[masking], test_users=users, budget=budget,
                   train_seconds=training["trainer_seconds"], eval_users_per_s=test["eval_users_per_second"],
                   peak_rss_mib=training["peak_rss_mib"],
                   config=str(bench.CONFIGS[split.dataset].relative_to(bench.REPO)),
-                  overrides=[f"protocol={PROTOCOL}", *bench.variant_overrides(variant, split.dataset)],
+                  overrides=[f"protocol={PROTOCOL}", *variant_overrides(variant, split.dataset)],
                   cold_id_residual=residual, history_window=window)
             for masking in contract.MASKINGS]
 
@@ -291,9 +308,9 @@ def run_unimp(split: ColdSplit, variant: str, seed: int, steps: int, out_dir: Pa
         schedule = bench.schedule_overrides(steps, bench.EVAL_EVERY[dataset])
         bench.run_logged([sys.executable, "-m", "recipes.train", str(bench.CONFIGS[dataset]), f"output_dir={run_dir}",
                           f"seed={seed}", "disable_tqdm=true", *schedule, f"protocol={PROTOCOL}",
-                          *bench.variant_overrides(variant, dataset), *extra], log)
+                          *variant_overrides(variant, dataset), *extra], log)
     eval_dir = run_dir
-    if variant == "id_content" and not keep_cold_residual:
+    if has_id_residual(variant) and not keep_cold_residual:
         eval_dir = zero_cold_id_residual(run_dir, sorted(split.cold))
     if not all((eval_dir / f"metrics_{name}.json").exists() for name in ("validation", "test")):
         bench.run_logged([sys.executable, "-m", "recipes.evaluate", str(eval_dir), "--split", "validation", "test"],

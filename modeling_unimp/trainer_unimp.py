@@ -151,16 +151,23 @@ class UniMPTrainer(Trainer):
         evaluation_fn: optional `model -> {metric: value}` used by `evaluate()` instead of the loss-based loop,
             e.g. exact full-ranking NDCG@10 on the validation split, so that `metric_for_best_model="ndcg@10"`
             and `load_best_model_at_end` select checkpoints on validation ranking quality.
+        excluded_label_ids: optional vocabulary ids left out of the loss's softmax (their logits set to the dtype's
+            minimum), e.g. the `<item_k>` tokens of items absent from the training split (`train_negatives: seen`,
+            issue 12): training then neither raises nor lowers them, as for an item added after training. A
+            supervised label among them is an error.
     """
 
     loss_is_scaled_for_ga = True  # we divide by num_items_in_batch, counted over the accumulated batch
+    excluded_label_ids: torch.Tensor | None = None
 
-    def __init__(self, *args, evaluation_fn=None, **kwargs):
+    def __init__(self, *args, evaluation_fn=None, excluded_label_ids=None, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, UniMPTrainingArguments):  # plain TrainingArguments have no focal_gamma
             raise TypeError(f"UniMPTrainer needs UniMPTrainingArguments (focal_gamma, context_weight, task_weights), "
                             f"got {type(self.args).__name__}; pass args=UniMPTrainingArguments(...)")
         self.evaluation_fn = evaluation_fn
+        self.excluded_label_ids = (torch.as_tensor(sorted(set(excluded_label_ids)), dtype=torch.long)
+                                   if excluded_label_ids else None)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         if self.evaluation_fn is None:
@@ -187,8 +194,16 @@ class UniMPTrainer(Trainer):
         outputs = model(**inputs, use_cache=False, logits_to_keep=supervised)
         next_labels = labels[:, 1:][supervised[:, :-1]].unsqueeze(0)  # (1, n), aligned with logits (n, V)
         weights = token_weights[:, 1:][supervised[:, :-1]].unsqueeze(0) if token_weights is not None else None
+        logits = outputs.logits
+        if self.excluded_label_ids is not None:
+            excluded = self.excluded_label_ids.to(logits.device)
+            clash = torch.isin(next_labels, excluded)
+            if clash.any():
+                raise ValueError(f"label token id {int(next_labels[clash][0])} is in excluded_label_ids: a token left "
+                                 "out of the softmax cannot be a training target")
+            logits = logits.index_fill(-1, excluded, torch.finfo(logits.dtype).min)
         loss = focal_token_loss(
-            outputs.logits.unsqueeze(0), next_labels, weights, self.args.focal_gamma, num_items_in_batch, shift=False
+            logits.unsqueeze(0), next_labels, weights, self.args.focal_gamma, num_items_in_batch, shift=False
         )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; n already spans all ranks

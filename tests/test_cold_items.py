@@ -216,6 +216,13 @@ def test_unimp_lines_keep_the_cold_target_users_in_split_order(cold_build, tmp_p
         cold_items.subset_ranks(stale, split, "test")
 
 
+def test_seen_variants_add_train_negatives_seen_to_their_base_variant():
+    base = cold_items.variant_overrides("id_content", "hm")
+    assert "item_representation=id+content" in base and "train_negatives=seen" not in base
+    assert cold_items.variant_overrides("id_content_seen", "hm") == [*base, "train_negatives=seen"]
+    assert cold_items.has_id_residual("id_content_seen") and not cold_items.has_id_residual("content_seen")
+
+
 def test_zero_cold_id_residual_resets_only_the_cold_rows(tiny_processor, tmp_path):
     model = make_tiny_model(tiny_processor, item_representation="id+content", item_text_feature_dim=16)
     num_items = tiny_processor.num_items  # content buffers of the catalogue's size (attach_item_content's job)

@@ -18,7 +18,7 @@ from modeling_unimp import UniMPForConditionalGeneration
 from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments
 from processing import UniMPDataCollator
 from recipes import train
-from recipes.common import RecipeArguments, training_curve_series, write_training_curve
+from recipes.common import RecipeArguments, training_curve_series, unseen_item_token_ids, write_training_curve
 
 EXAMPLES = [
     {"text": f"<image> Title Heat <answer> <item_{i % 3}> <|endofchunk|> What next? <answer> <item_{(i + 2) % 3}>",
@@ -109,16 +109,31 @@ def test_train_recipe_runs_on_real_data_and_writes_its_artifacts(data_dir, tmp_p
         str(REPO_ROOT / "recipes" / "configs" / "ml100k_tiny.yaml"),
         f"output_dir={tmp_path}", "max_steps=2", "eval_steps=1", "save_steps=1", "max_train_users=12",
         "max_eval_users=6", "max_test_users=6", "per_device_train_batch_size=2", "max_history_items=3",
-        "num_windows_per_user=1", "disable_tqdm=true", f"data_dir={data_dir}",
+        "num_windows_per_user=1", "disable_tqdm=true", f"data_dir={data_dir}", "train_negatives=seen",
     ])
     metrics = train.main(recipe, training)
     assert metrics["global_step"] == 2 and metrics["num_users"] == 6
+    assert metrics["variant"]["train_negatives"] == "seen"  # 12 training users leave most items out of the loss
     assert set(metrics["unimp"]) >= {"hr@10", "ndcg@10", "mrr@10"} and set(metrics["pop"]) == set(metrics["unimp"])
     for artifact in ("metrics.json", "training_curve.png", "model.safetensors", "processor_config.json"):
         assert (Path(tmp_path) / artifact).exists(), artifact
     assert metrics["best_checkpoint"] is not None  # selected on validation NDCG@10
     reloaded = UniMPForConditionalGeneration.from_pretrained(tmp_path)
     assert reloaded.config.num_items == 1682
+
+
+def test_unknown_train_negatives_is_refused_before_any_data_is_read(tmp_path):
+    recipe, training = train.parse_args([str(REPO_ROOT / "recipes/configs/ml100k_tiny.yaml"), f"output_dir={tmp_path}",
+                                         "train_negatives=warm", "data_dir=/nonexistent"])
+    with pytest.raises(ValueError, match=r"train_negatives must be one of \('catalogue', 'seen'\), got 'warm'"):
+        train.main(recipe, training)
+
+
+def test_unseen_item_token_ids_are_the_items_in_no_training_row(tiny_processor):
+    rows = [{"history_item_ids": ["m1"], "target_item_id": "m1"}, {"history_item_ids": [], "target_item_id": "m3"}]
+    start = tiny_processor.item_token_start_id
+    assert unseen_item_token_ids(tiny_processor, rows) == [start + 1]  # m2 is the 2nd item
+    assert tiny_processor.tokenizer.convert_ids_to_tokens(start + 1) == "<item_1>"
 
 
 def test_training_curve_plots_the_logged_loss_and_metric_per_step(tmp_path):

@@ -64,6 +64,42 @@ def test_num_items_in_batch_normalises_across_gradient_accumulation():
     torch.testing.assert_close(halves, whole)
 
 
+def test_excluded_label_ids_leave_a_token_out_of_the_softmax_and_untouched_by_training(
+    tiny_processor, tiny_config, tmp_path
+):
+    model = UniMPForConditionalGeneration(tiny_config)
+    tiny_processor.prepare_model(model)
+    batch = UniMPDataCollator(tiny_processor)(EXAMPLES[:2])
+    unseen = tiny_processor.item_token_start_id + 2  # <item_2>: in no example, neither input nor label
+    args = UniMPTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, focal_gamma=0.0)
+    with torch.no_grad():
+        plain = UniMPTrainer(model=model, args=args).compute_loss(model, batch)
+        inputs = {key: value for key, value in batch.items() if key not in ("labels", "token_weights")}
+        logits = model(**inputs).logits[:, :-1]
+    loss = UniMPTrainer(model=model, args=args, excluded_label_ids=[unseen]).compute_loss(model, batch)
+    # gamma 0: the weighted cross-entropy of a softmax without the excluded column
+    labels, weights = batch["labels"][:, 1:], batch["token_weights"][:, 1:]
+    supervised = labels != -100
+    keep = [column for column in range(logits.shape[-1]) if column != unseen]
+    remap = torch.tensor([keep.index(int(label)) for label in labels[supervised]])
+    log_p = torch.log_softmax(logits[supervised][:, keep], dim=-1)[torch.arange(len(remap)), remap]
+    torch.testing.assert_close(loss.detach(), (weights[supervised] * -log_p).sum() / supervised.sum())
+    assert loss < plain  # one competitor fewer: every target's probability rises
+    loss.backward()
+    assert model.lm_head.weight.grad[unseen].abs().max() == 0  # neither raised nor lowered
+    assert model.lm_head.weight.grad[unseen - 1].abs().max() > 0  # <item_1>, a target, is trained
+
+
+def test_an_excluded_label_id_that_is_a_training_target_is_an_error(tiny_processor, tiny_config, tmp_path):
+    model = UniMPForConditionalGeneration(tiny_config)
+    tiny_processor.prepare_model(model)
+    batch = UniMPDataCollator(tiny_processor)(EXAMPLES[:2])
+    target = tiny_processor.item_token_start_id  # <item_0> is an answer of EXAMPLES[0]
+    args = UniMPTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match=f"label token id {target} is in excluded_label_ids"):
+        UniMPTrainer(model=model, args=args, excluded_label_ids=[target]).compute_loss(model, batch)
+
+
 def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tiny_processor, tiny_config, tmp_path):
     # Plain SGD at lr 1 without clipping makes the update equal to the gradient, so the comparison checks what the
     # test means (accumulated gradients == one big batch's) with float32 summation tolerances. Adam would turn
