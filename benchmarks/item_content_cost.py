@@ -38,12 +38,8 @@ def main() -> dict:
     parser.add_argument("--out", default=str(REPO / "outputs/issue12/item_content_cost.json"))
     args = parser.parse_args()
 
-    from transformers import set_seed
-
-    from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
-    from processing import UniMPDataCollator
     from recipes import train
-    from recipes.common import ImageCache, load_dataset_dict, render_examples, set_torch_threads
+    from recipes.common import load_dataset_dict, set_torch_threads
 
     set_torch_threads()
     recipe, training = train.parse_args([args.config, "disable_tqdm=true"])
@@ -53,34 +49,18 @@ def main() -> dict:
     images = None
     for variant in VARIANTS:
         recipe.item_representation = variant
-        set_seed(0)
         started = time.perf_counter()
-        model, processor = train.build_model(recipe, dataset_dict)
+        run = training_step_run(recipe, training, dataset_dict, batch_size, images)
         attach_seconds[variant] = time.perf_counter() - started
-        processor.max_history_items = training.max_history_items or processor.max_history_items
-        set_trainable(model, training.trainable_stage)
-        images = images or ImageCache(processor.image_processor.size["height"])
-        examples = render_examples(dataset_dict, processor, tasks=recipe.tasks, split="train",
-                                   task_weights=training.task_weights, num_windows_per_user=1, seed=0,
-                                   images=images)[:batch_size]
-        batch = UniMPDataCollator(processor, context_weight=training.context_weight)(examples)
-        step_args = UniMPTrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True,
-                                           focal_gamma=training.focal_gamma)
-        trainer = UniMPTrainer(model=model, args=step_args)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.learning_rate)
-        eval_prompts = [processor.render_prompt({"task": "rec", "history": record["history"]})
-                        for record in _eval_records(dataset_dict, processor, training.per_device_eval_batch_size)]
-        runs[variant] = {"model": model.train(), "trainer": trainer, "optimizer": optimizer, "batch": batch,
-                         "processor": processor, "eval_prompts": eval_prompts, "step_seconds": [],
-                         "score_seconds": []}
+        images, processor = run["images"], run["processor"]
+        records = _eval_records(dataset_dict, processor, training.per_device_eval_batch_size)
+        run["eval_prompts"] = [processor.render_prompt({"task": "rec", "history": record["history"]})
+                               for record in records]
+        run.update(step_seconds=[], score_seconds=[])
+        runs[variant] = run
     for _ in range(args.rounds):  # interleaved: machine load hits every variant alike
         for variant, run in runs.items():
-            started = time.perf_counter()
-            loss = run["trainer"].compute_loss(run["model"], dict(run["batch"]))
-            loss.backward()
-            run["optimizer"].step()
-            run["optimizer"].zero_grad(set_to_none=True)
-            run["step_seconds"].append(time.perf_counter() - started)
+            run["step_seconds"].append(time_training_step(run))
             run["model"].eval()
             prompts = run["eval_prompts"]
             inputs = run["processor"](text=[p["text"] for p in prompts], images=[p["images"] for p in prompts],
@@ -113,6 +93,45 @@ def main() -> dict:
         print(f"| {variant} | {row['step_seconds_median']} | {row['step_ratio_to_id']} | "
               f"{row['score_items_seconds_median']} | {row['score_ratio_to_id']} | {row['build_seconds']} |")
     return result
+
+
+def training_step_run(recipe, training, dataset_dict, batch_size: int, images=None) -> dict:
+    """A fresh model of `recipe` (seed 0) in training mode, its trainer (for `compute_loss`), an AdamW over the
+    trainable parameters and one real collated batch of `batch_size` training windows; `images` (an ImageCache) is
+    shared between runs when given."""
+    from transformers import set_seed
+
+    from modeling_unimp.trainer_unimp import UniMPTrainer, UniMPTrainingArguments, set_trainable
+    from processing import UniMPDataCollator
+    from recipes import train
+    from recipes.common import ImageCache, render_examples
+
+    set_seed(0)
+    model, processor = train.build_model(recipe, dataset_dict)
+    processor.max_history_items = training.max_history_items or processor.max_history_items
+    set_trainable(model, training.trainable_stage)
+    images = images or ImageCache(processor.image_processor.size["height"])
+    examples = render_examples(dataset_dict, processor, tasks=recipe.tasks, split="train",
+                               task_weights=training.task_weights, num_windows_per_user=1, seed=0,
+                               images=images)[:batch_size]
+    batch = UniMPDataCollator(processor, context_weight=training.context_weight)(examples)
+    step_args = UniMPTrainingArguments(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True,
+                                       focal_gamma=training.focal_gamma)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.learning_rate)
+    return {"model": model.train(), "trainer": UniMPTrainer(model=model, args=step_args), "optimizer": optimizer,
+            "batch": batch, "processor": processor, "images": images}
+
+
+def time_training_step(run: dict, autocast_dtype=None) -> float:
+    """Seconds of one optimizer step of a `training_step_run` (loss, backward, AdamW), optionally under
+    `torch.autocast("cpu", autocast_dtype)`."""
+    started = time.perf_counter()
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        loss = run["trainer"].compute_loss(run["model"], dict(run["batch"]))
+    loss.backward()
+    run["optimizer"].step()
+    run["optimizer"].zero_grad(set_to_none=True)
+    return time.perf_counter() - started
 
 
 def _eval_records(dataset_dict, processor, count: int) -> list[dict]:

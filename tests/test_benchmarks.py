@@ -185,3 +185,29 @@ def test_select_prompts_keep_the_reference_history_of_four_items_whatever_the_re
         assert task_record_kwargs(task, "train", max_history_items=50, seed=0,
                                   num_windows_per_user=16) == {"max_history_items": 50, "seed": 0,
                                                                "num_windows_per_user": 16}
+
+
+def test_training_step_profile_groups_operators_by_name_prefix():
+    from benchmarks.train_step import operator_group
+
+    assert operator_group("aten::mm") == "matmul" and operator_group("aten::addmm") == "matmul"
+    assert operator_group("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention (sdpa)"
+    assert operator_group("aten::_log_softmax_backward_data") == "log-softmax (loss)"
+    assert operator_group("aten::mul_") == "elementwise"
+    assert operator_group("aten::convolution_backward") == "other"
+
+
+def test_batch_counts_separate_item_labels_from_other_supervised_tokens(tiny_processor, tiny_config):
+    import torch
+
+    from benchmarks.train_step import batch_counts
+    from modeling_unimp import UniMPForConditionalGeneration
+
+    model = UniMPForConditionalGeneration(tiny_config)
+    tiny_processor.prepare_model(model)
+    start = tiny_processor.item_token_start_id
+    labels = torch.tensor([[-100, start, 5, -100], [-100, -100, start + 2, -100]])
+    batch = {"labels": labels, "attention_mask": torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])}
+    counts = batch_counts({"batch": batch, "processor": tiny_processor, "model": model})
+    assert counts == {"rows": 2, "padded_tokens": 8, "attended_tokens": 7, "supervised_positions": 3,
+                      "item_labels": 2, "images": 0, "vocabulary": model.lm_head.weight.shape[0]}
