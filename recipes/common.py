@@ -110,6 +110,13 @@ class RecipeArguments:
 TRAIN_NEGATIVES = ("catalogue", "seen")
 
 
+def refuse_train_negatives(recipe: RecipeArguments, recipe_name: str) -> None:
+    """A recipe without `train_negatives` support refuses a non-default value instead of ignoring it."""
+    if recipe.train_negatives != "catalogue":
+        raise ValueError(f"train_negatives={recipe.train_negatives!r} is a recipes.train key; {recipe_name} trains "
+                         "with every catalogue item in its softmax (remove the key)")
+
+
 def unseen_item_token_ids(processor: UniMPProcessor, train_rows) -> list[int]:
     """Vocabulary ids of the `<item_k>` tokens whose item occurs nowhere in the training split (no history entry,
     no target): the tokens `train_negatives: seen` leaves out of the training softmax."""

@@ -26,6 +26,7 @@ from .common import (
     TimeBudgetCallback,
     load_dataset_dict,
     parse_recipe_args,
+    refuse_train_negatives,
     render_examples,
     set_torch_threads,
 )
@@ -60,6 +61,7 @@ def main(recipe: RecipeArguments, training: UniMPPreferenceArguments) -> dict:
     if recipe.tasks != ["rec"]:
         raise ValueError(f"preference tuning trains the rec answer (one item token); set tasks: [rec], got "
                          f"{recipe.tasks}")
+    refuse_train_negatives(recipe, "preference_tune")
     set_torch_threads()
     set_seed(training.seed)
     started = time.time()

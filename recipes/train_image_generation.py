@@ -50,6 +50,7 @@ from .common import (
     load_dataset_dict,
     load_pixel_array,
     parse_recipe_args,
+    refuse_train_negatives,
     render_examples,
     write_json,
     write_training_curve,
@@ -256,6 +257,7 @@ def main(recipe: RecipeArguments, generation: ImageGenerationArguments, training
     unknown = [split for split in generation.generation_splits if split not in GENERATION_SPLITS]
     if unknown:
         raise ValueError(f"generation_splits: {unknown} not among {GENERATION_SPLITS} (held-out splits only)")
+    refuse_train_negatives(recipe, "train_image_generation")
     set_seed(training.seed)
     started = time.time()
     output_dir = Path(training.output_dir)

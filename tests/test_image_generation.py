@@ -225,12 +225,15 @@ def test_pipeline_rejects_a_model_without_code_tokens(tiny_processor):
 # Recipe (real data, a few steps)
 # ----------------------------------------------------------------------------------------------
 
-def test_recipe_refuses_a_generation_split_it_cannot_hold_out(tmp_path):
+def test_recipe_refuses_a_generation_split_it_cannot_hold_out_and_train_negatives(tmp_path):
     from recipes.train_image_generation import main, parse_args
 
     config = REPO_ROOT / "recipes" / "configs" / "imggen_ml100k.yaml"
     args = parse_args([str(config), f"output_dir={tmp_path}", "generation_splits=[validation,train]"])
     with pytest.raises(ValueError, match=r"generation_splits: \['train'\]"):
+        main(*args)
+    args = parse_args([str(config), f"output_dir={tmp_path}", "train_negatives=seen"])
+    with pytest.raises(ValueError, match="train_negatives='seen' is a recipes.train key; train_image_generation"):
         main(*args)
 
 

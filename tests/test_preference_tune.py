@@ -43,7 +43,7 @@ def test_train_then_lora_preference_tune_on_real_data_saves_and_reloads(data_dir
     assert merged.config.num_items == 1682
 
 
-def test_preference_tune_refuses_to_start_without_a_checkpoint_or_with_other_tasks():
+def test_preference_tune_refuses_to_start_without_a_checkpoint_with_other_tasks_or_train_negatives():
     recipe, training = preference_tune.parse_args(["--config", str(PREFERENCE_CONFIGS[0]), "--model_name_or_path",
                                                    "null"])
     recipe.model_name_or_path = None
@@ -51,4 +51,7 @@ def test_preference_tune_refuses_to_start_without_a_checkpoint_or_with_other_tas
         preference_tune.main(recipe, training)
     recipe.model_name_or_path, recipe.tasks = "outputs/x", ["rec", "exp"]
     with pytest.raises(ValueError, match="tasks"):
+        preference_tune.main(recipe, training)
+    recipe.tasks, recipe.train_negatives = ["rec"], "seen"  # a recipes.train key: refused, not ignored
+    with pytest.raises(ValueError, match="train_negatives='seen' is a recipes.train key; preference_tune"):
         preference_tune.main(recipe, training)
