@@ -61,6 +61,15 @@ KNN_KS = (1, 3, 5, 10, 20)
 # `train_negatives=seen`, i.e. the cold items are left out of the training softmax, as items added after training
 UNIMP_VARIANTS = ("content", "id_content", "content_seen", "id_content_seen")
 SEEN = "_seen"
+RESIDUAL_DIR = "cold_residual_zero"
+RANK_TIES = "pessimistic: r = #{items j not masked : s_j >= s_target}"
+MASKING_NOTES = {
+    "none": "nothing masked: every catalogue item is ranked",
+    "history": "the user's history items (the test row's history: training items and the validation item, cold "
+               "items included) set to -inf before ranking",
+}
+POP_TIES = ("training counts; every cold item has count 0 and so has every other item absent from training: with "
+            "pessimistic ties a cold target ranks after all of them, i.e. last among the unmasked items")
 
 
 def variant_overrides(variant: str, dataset: str) -> list[str]:
@@ -71,15 +80,6 @@ def variant_overrides(variant: str, dataset: str) -> list[str]:
 
 def has_id_residual(variant: str) -> bool:
     return variant.removesuffix(SEEN) == "id_content"
-RESIDUAL_DIR = "cold_residual_zero"
-RANK_TIES = "pessimistic: r = #{items j not masked : s_j >= s_target}"
-MASKING_NOTES = {
-    "none": "nothing masked: every catalogue item is ranked",
-    "history": "the user's history items (the test row's history: training items and the validation item, cold "
-               "items included) set to -inf before ranking",
-}
-POP_TIES = ("training counts; every cold item has count 0 and so has every other item absent from training: with "
-            "pessimistic ties a cold target ranks after all of them, i.e. last among the unmasked items")
 
 
 @dataclass
